@@ -1,0 +1,93 @@
+"""Shared API pieces: the JSON response, authentication by role, body parsing into models."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import orjson
+from fastapi import Request
+from fastapi.responses import Response
+from pydantic import BaseModel, ValidationError
+
+from msgpush.errors import ApiError, validation_error
+from msgpush.runtime import Runtime
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class JSON(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def runtime(request: Request) -> Runtime:
+    rt: Runtime = request.app.state.runtime
+    return rt
+
+
+def bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization")
+    if header:
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+        return None
+    return None
+
+
+def require(*roles: str) -> Callable[[Request], Awaitable[str]]:
+    """A dependency admitting tokens with one of ``roles`` (admin is always admitted)."""
+    allowed = {"admin", *roles}
+
+    async def check(request: Request) -> str:
+        token = bearer(request)
+        if token is None:
+            raise ApiError(
+                401,
+                "unauthorized",
+                "missing API token: send the header Authorization: Bearer <token>",
+            )
+        role = await runtime(request).tokens.role_of(token)
+        if role is None:
+            raise ApiError(401, "unauthorized", "the API token is not valid (unknown or deleted)")
+        if role not in allowed:
+            raise ApiError(
+                403, "forbidden", f"this route needs an admin token; this token's role is {role}"
+            )
+        return role
+
+    return check
+
+
+admin = require("admin")
+sender = require("sender")
+
+
+async def read_json(request: Request) -> Any:
+    body = await request.body()
+    if not body.strip():
+        raise ApiError(400, "invalid_json", "the request body is empty; send a JSON object")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, "invalid_json", f"the request body is not valid JSON: {exc}") from None
+
+
+async def read_model(request: Request, model: type[M], prefix: str = "") -> M:
+    """Parse and validate the raw body with pydantic in one pass (the hot path's parser)."""
+    body = await request.body()
+    if not body.strip():
+        raise ApiError(400, "invalid_json", "the request body is empty; send a JSON object")
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        errors = exc.errors()
+        if errors and errors[0].get("type") == "json_invalid":
+            reason = errors[0].get("ctx", {}).get("error", "malformed JSON")
+            raise ApiError(
+                400, "invalid_json", f"the request body is not valid JSON: {reason}"
+            ) from None
+        raise validation_error(errors, prefix) from None

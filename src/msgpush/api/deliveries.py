@@ -1,0 +1,62 @@
+"""``/deliveries``: the history with filters and paging, one delivery's attempts, resend."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+
+from msgpush.api.common import JSON, admin, runtime, sender
+from msgpush.errors import ApiError
+from msgpush.ids import parse_time
+
+router = APIRouter()
+
+
+def _time(value: str | None, field: str) -> int | None:
+    if value is None:
+        return None
+    try:
+        return parse_time(value)
+    except ValueError as exc:
+        raise ApiError(422, "invalid", str(exc), field) from None
+
+
+@router.get("/deliveries", dependencies=[Depends(sender)], summary="Delivery history")
+async def list_deliveries(
+    request: Request,
+    channel: Annotated[str | None, Query(description="channel id or name")] = None,
+    status: Annotated[
+        str | None, Query(description="status, or several separated by commas")
+    ] = None,
+    since: Annotated[str | None, Query(description="created at or after (ISO 8601)")] = None,
+    until: Annotated[str | None, Query(description="created before (ISO 8601)")] = None,
+    message_id: str | None = None,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> JSON:
+    page = await runtime(request).history.deliveries(
+        channel=channel,
+        status=status,
+        since=_time(since, "since"),
+        until=_time(until, "until"),
+        message_id=message_id,
+        cursor=cursor,
+        limit=limit,
+    )
+    return JSON(page)
+
+
+@router.get("/deliveries/{delivery_id}", dependencies=[Depends(sender)], summary="One delivery")
+async def get_delivery(request: Request, delivery_id: str) -> JSON:
+    return JSON(await runtime(request).history.delivery(delivery_id))
+
+
+@router.post(
+    "/deliveries/{delivery_id}/retry", dependencies=[Depends(admin)], summary="Resend a delivery"
+)
+async def retry_delivery(request: Request, delivery_id: str) -> JSON:
+    rt = runtime(request)
+    view = await rt.history.retry(delivery_id)
+    rt.notify()
+    return JSON(view, status_code=202)

@@ -1,0 +1,273 @@
+"""What a channel type is: its settings model, limits, renderer and answer parser.
+
+A vendor module subclasses ``ChannelType`` and decides *what* to send and *how to read the
+answer*; the delivery engine decides *when* and *how often*. Sending goes through
+``SendContext.exchange``, which owns HTTP, timing, error capture and the redacted transcript.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, Protocol
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from msgpush.message import Message
+
+OutcomeKind = Literal["delivered", "retry", "failed", "refresh_token"]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The result of one attempt: data the engine acts on, not an exception it must guess at."""
+
+    kind: OutcomeKind
+    status_code: int | None = None
+    vendor_code: str | None = None
+    vendor_message: str | None = None
+    diagnosis: str | None = None
+    retry_after_s: float | None = None
+    warning: str | None = None
+
+    @classmethod
+    def delivered(cls, **kw: Any) -> Outcome:
+        return cls("delivered", **kw)
+
+    @classmethod
+    def retry(cls, diagnosis: str, **kw: Any) -> Outcome:
+        return cls("retry", diagnosis=diagnosis, **kw)
+
+    @classmethod
+    def failed(cls, diagnosis: str, **kw: Any) -> Outcome:
+        return cls("failed", diagnosis=diagnosis, **kw)
+
+    @classmethod
+    def refresh_token(cls, diagnosis: str, **kw: Any) -> Outcome:
+        return cls("refresh_token", diagnosis=diagnosis, **kw)
+
+
+@dataclass
+class VendorRequest:
+    method: str
+    url: str
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+    timeout_s: float = 10.0
+
+    @classmethod
+    def json(
+        cls, url: str, payload: Any, *, headers: dict[str, str] | None = None, **kw: Any
+    ) -> VendorRequest:
+        merged = {"Content-Type": "application/json; charset=utf-8", **(headers or {})}
+        return cls("POST", url, merged, orjson.dumps(payload), **kw)
+
+
+@dataclass
+class VendorResponse:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        """The body as JSON, or None when it is not JSON."""
+        try:
+            return orjson.loads(self.body)
+        except orjson.JSONDecodeError:
+            return None
+
+    def text(self, limit: int = 500) -> str:
+        return self.body[:limit].decode("utf-8", "replace")
+
+
+class Exchanger(Protocol):
+    async def __call__(
+        self, request: VendorRequest, classify: Callable[[VendorResponse], Outcome]
+    ) -> Outcome: ...
+
+
+@dataclass
+class SendContext:
+    """What a sender may use during one attempt."""
+
+    delivery_id: str
+    attempt: int
+    exchange: Exchanger
+    message_id: str = ""
+    created_at_ms: int = 0
+    event: dict[str, Any] | None = None
+    is_test: bool = False
+
+
+class RateLimit(BaseModel):
+    """Sending limits of a channel: at most N per second / minute / hour."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    per_second: int | None = Field(default=None, ge=1, description="messages per second")
+    per_minute: int | None = Field(default=None, ge=1, description="messages per minute")
+    per_hour: int | None = Field(default=None, ge=1, description="messages per hour")
+
+    def windows(self) -> list[tuple[int, int]]:
+        """(window length in ms, max sends in it), shortest window first."""
+        pairs = [(1_000, self.per_second), (60_000, self.per_minute), (3_600_000, self.per_hour)]
+        return [(ms, limit) for ms, limit in pairs if limit is not None]
+
+    def lowered_by(self, override: RateLimit | None) -> RateLimit:
+        if override is None:
+            return self
+        merged: dict[str, int | None] = {}
+        for name in ("per_second", "per_minute", "per_hour"):
+            mine, theirs = getattr(self, name), getattr(override, name)
+            values = [v for v in (mine, theirs) if v is not None]
+            merged[name] = min(values) if values else None
+        return RateLimit(**merged)
+
+
+class ChannelSettings(BaseModel):
+    """Base of every type's settings: unknown keys are errors that name the key."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def secret_field(**kw: Any) -> Any:
+    """A setting stored encrypted and never read back (the console shows a password input)."""
+    extra = kw.pop("json_schema_extra", {}) or {}
+    return Field(json_schema_extra={**extra, "x-secret": True}, **kw)
+
+
+class ChannelType(ABC):
+    """One vendor's channel: subclass it in ``msgpush.channels.<type_id>``."""
+
+    type_id: ClassVar[str]
+    name: ClassVar[str]
+    description: ClassVar[str]
+    settings_model: ClassVar[type[ChannelSettings]]
+    formats: ClassVar[tuple[str, ...]] = ("markdown", "text")
+    default_limits: ClassVar[RateLimit] = RateLimit()
+    size_limits: ClassVar[dict[str, int]] = {}
+
+    @classmethod
+    def secret_fields(cls) -> list[str]:
+        return [
+            name
+            for name, info in cls.settings_model.model_fields.items()
+            if isinstance(info.json_schema_extra, dict) and info.json_schema_extra.get("x-secret")
+        ]
+
+    @classmethod
+    def describe(cls) -> dict[str, Any]:
+        return {
+            "type": cls.type_id,
+            "name": cls.name,
+            "description": cls.description,
+            "schema": cls.settings_model.model_json_schema(),
+            "secret_fields": cls.secret_fields(),
+            "formats": list(cls.formats),
+            "limits": {
+                "rate": cls.default_limits.model_dump(exclude_none=True),
+                "size_bytes": dict(cls.size_limits),
+            },
+        }
+
+    @classmethod
+    def split(cls, settings: ChannelSettings) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(public settings, secret settings) as plain JSON-able dicts."""
+        secret_names = set(cls.secret_fields())
+        public: dict[str, Any] = {}
+        secret: dict[str, Any] = {}
+        dumped = settings.model_dump(mode="json", exclude_none=True)
+        for name, value in dumped.items():
+            raw = getattr(settings, name)
+            if isinstance(raw, SecretStr):
+                value = raw.get_secret_value()
+            (secret if name in secret_names else public)[name] = value
+        for name in secret_names:  # empty secrets are "not set", not stored
+            if secret.get(name) in ("", {}, None):
+                secret.pop(name, None)
+        return public, secret
+
+    @classmethod
+    def secret_values(cls, settings: ChannelSettings) -> list[str]:
+        """Every secret string in these settings, for scrubbing transcripts and errors."""
+        _, secret = cls.split(settings)
+        values: list[str] = []
+        for value in secret.values():
+            if isinstance(value, dict):
+                values.extend(str(v) for v in value.values())
+            else:
+                values.append(str(value))
+        return [v for v in values if len(v) >= 4]
+
+    def check(self, settings: ChannelSettings) -> None:  # noqa: B027 - optional hook
+        """Extra validation beyond the schema; raise ValueError naming the setting."""
+
+    @abstractmethod
+    def render(self, message: Message, settings: Any, ctx: SendContext) -> VendorRequest:
+        """The vendor request for one message (single-request types)."""
+
+    @abstractmethod
+    def classify(self, response: VendorResponse) -> Outcome:
+        """Read the vendor's answer: delivered, retry, refresh the token, or failed."""
+
+    async def send(self, message: Message, settings: Any, ctx: SendContext) -> Outcome:
+        """Deliver one message; types that need several requests (tokens, splits) override."""
+        return await ctx.exchange(self.render(message, settings, ctx), self.classify)
+
+
+def http_status_outcome(
+    response: VendorResponse, success_codes: list[int] | None = None
+) -> Outcome:
+    """Classify a plain HTTP answer (no vendor code): the generic webhook's rules."""
+    status = response.status
+    ok = status in success_codes if success_codes else 200 <= status < 300
+    if ok:
+        return Outcome.delivered(status_code=status)
+    excerpt = response.text(200).strip()
+    detail = f": {excerpt}" if excerpt else ""
+    retry_after = _retry_after(response.headers.get("retry-after"))
+    if status in (408, 425, 429) or status >= 500:
+        return Outcome.retry(
+            f"the receiver answered HTTP {status}{detail}; will retry",
+            status_code=status,
+            retry_after_s=retry_after,
+        )
+    if 300 <= status < 400:
+        location = response.headers.get("location", "")
+        return Outcome.failed(
+            f"the receiver redirected (HTTP {status}) to {location or 'another URL'}; "
+            "redirects are not followed: set the channel's url to the final address",
+            status_code=status,
+        )
+    if status == 410:
+        return Outcome.failed(
+            "the receiver answered 410 Gone: the endpoint was removed; fix or delete the channel",
+            status_code=status,
+        )
+    if status in (401, 403):
+        return Outcome.failed(
+            f"the receiver refused the request (HTTP {status}){detail}; check the channel's "
+            "headers (credentials) and signing_secret",
+            status_code=status,
+        )
+    if 200 <= status < 300:
+        return Outcome.failed(
+            f"HTTP {status} is not in the channel's success_codes {success_codes}",
+            status_code=status,
+        )
+    return Outcome.failed(
+        f"the receiver rejected the request with HTTP {status}{detail}; check the channel's "
+        "url, method and body_template",
+        status_code=status,
+    )
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None

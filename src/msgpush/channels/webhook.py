@@ -1,0 +1,198 @@
+"""Custom HTTP webhook: the JSON envelope (or a sandboxed Jinja2 body), signed per Standard Webhooks."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import Field, HttpUrl, SecretStr, field_validator
+
+from msgpush.channels.base import (
+    ChannelSettings,
+    ChannelType,
+    Outcome,
+    SendContext,
+    VendorRequest,
+    VendorResponse,
+    http_status_outcome,
+    secret_field,
+)
+from msgpush.channels.signing import standard_webhooks_key, standard_webhooks_signature
+from msgpush.ids import iso, now_ms
+from msgpush.message import Message
+from msgpush.templating import TemplateError, compile_template, render_template
+
+# Standard Webhooks: a secret is 24-64 random bytes (spec/standard-webhooks.md, "Signature scheme").
+SIGNING_KEY_MIN_BYTES = 24
+SIGNING_KEY_MAX_BYTES = 64
+RESERVED_HEADERS = {"webhook-id", "webhook-timestamp", "webhook-signature", "content-length"}
+
+
+class WebhookSettings(ChannelSettings):
+    url: HttpUrl = Field(
+        title="URL",
+        description="Where to send: an http(s) address of your system. Redirects are not followed.",
+    )
+    method: Literal["POST", "PUT"] = Field(default="POST", title="Method")
+    headers: dict[str, str] = secret_field(
+        default_factory=dict,
+        title="Headers",
+        description="Extra request headers, e.g. Authorization. Stored encrypted; values never shown.",
+    )
+    body_template: str | None = Field(
+        default=None,
+        title="Body template",
+        description=(
+            "Jinja2 template for the request body (sandboxed). Variables: message, envelope, "
+            "delivery_id, message_id, event. Empty: the standard JSON envelope."
+        ),
+        json_schema_extra={"format": "textarea"},
+    )
+    content_type: str = Field(
+        default="application/json",
+        title="Content type",
+        description="Content-Type header of the body.",
+        max_length=200,
+    )
+    signing_secret: SecretStr | None = secret_field(
+        default=None,
+        title="Signing secret",
+        description=(
+            "Standard Webhooks secret (whsec_ + base64 of 24-64 random bytes). When set, each "
+            "request carries a webhook-signature header your receiver can verify."
+        ),
+    )
+    timeout_s: Annotated[float, Field(gt=0, le=60)] = Field(
+        default=10.0, title="Timeout (s)", description="Seconds to wait for an answer (1-60)."
+    )
+    success_codes: list[Annotated[int, Field(ge=100, le=599)]] = Field(
+        default_factory=list,
+        title="Success codes",
+        description="HTTP statuses that mean delivered. Empty: any 2xx.",
+        max_length=50,
+    )
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, header_value in value.items():
+            if not name or any(c in name for c in " :\r\n\t") or not name.isascii():
+                raise ValueError(f"header name {name!r} is not a valid HTTP header name")
+            if name.lower() in RESERVED_HEADERS:
+                raise ValueError(f"header {name!r} is set by msgpush and cannot be overridden")
+            if "\r" in header_value or "\n" in header_value:
+                raise ValueError(f"header {name!r} contains a line break")
+        return value
+
+    @field_validator("signing_secret")
+    @classmethod
+    def _secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return value
+        key = standard_webhooks_key(value.get_secret_value())
+        if not SIGNING_KEY_MIN_BYTES <= len(key) <= SIGNING_KEY_MAX_BYTES:
+            raise ValueError(
+                f"signing_secret decodes to {len(key)} bytes; Standard Webhooks asks for "
+                f"{SIGNING_KEY_MIN_BYTES}-{SIGNING_KEY_MAX_BYTES} random bytes after whsec_"
+            )
+        return value
+
+    @field_validator("body_template")
+    @classmethod
+    def _template(cls, value: str | None) -> str | None:
+        if value:
+            try:
+                compile_template(value)
+            except TemplateError as exc:
+                raise ValueError(str(exc)) from exc
+        return value or None
+
+
+def envelope(message: Message, ctx: SendContext) -> dict[str, Any]:
+    """The default JSON body (product spec §4)."""
+    return {
+        "id": ctx.delivery_id,
+        "message_id": ctx.message_id,
+        "title": message.title,
+        "content": message.content,
+        "format": message.format.value,
+        "level": message.level.value,
+        "category": message.category.value,
+        "fields": message.fields,
+        "links": [link.model_dump(mode="json") for link in message.links],
+        "labels": message.labels,
+        "created_at": iso(ctx.created_at_ms or now_ms()),
+        "event": ctx.event,
+    }
+
+
+class WebhookChannel(ChannelType):
+    type_id = "webhook"
+    name = "Custom Webhook"
+    description = (
+        "Any HTTP endpoint of your own systems: a JSON envelope or your own body template, "
+        "signed per Standard Webhooks."
+    )
+    settings_model = WebhookSettings
+    formats = ("markdown", "text")
+
+    def check(self, settings: Any) -> None:
+        if settings.body_template:
+            sample = Message(title="Sample", content="Sample content")
+            ctx = SendContext(delivery_id="dlv_sample", attempt=1, exchange=_never)
+            try:
+                self._body(sample, settings, ctx)
+            except TemplateError as exc:
+                raise ValueError(f"body_template: {exc}") from exc
+
+    def _body(self, message: Message, settings: WebhookSettings, ctx: SendContext) -> bytes:
+        data = envelope(message, ctx)
+        if not settings.body_template:
+            return orjson.dumps(data)
+        context = {
+            "message": message.model_dump(mode="json"),
+            "envelope": data,
+            "delivery_id": ctx.delivery_id,
+            "message_id": ctx.message_id,
+            "event": ctx.event,
+        }
+        return render_template(settings.body_template, context).encode()
+
+    def render(
+        self, message: Message, settings: WebhookSettings, ctx: SendContext
+    ) -> VendorRequest:
+        body = self._body(message, settings, ctx)
+        timestamp = int(time.time())
+        headers = {
+            **settings.headers,
+            "Content-Type": settings.content_type,
+            "webhook-id": ctx.delivery_id,
+            "webhook-timestamp": str(timestamp),
+        }
+        if settings.signing_secret is not None and settings.signing_secret.get_secret_value():
+            key = standard_webhooks_key(settings.signing_secret.get_secret_value())
+            headers["webhook-signature"] = standard_webhooks_signature(
+                key, ctx.delivery_id, timestamp, body
+            )
+        return VendorRequest(
+            settings.method, str(settings.url), headers, body, timeout_s=settings.timeout_s
+        )
+
+    def classify(self, response: VendorResponse) -> Outcome:  # pragma: no cover - see send
+        return http_status_outcome(response)
+
+    async def send(self, message: Message, settings: Any, ctx: SendContext) -> Outcome:
+        try:
+            request = self.render(message, settings, ctx)
+        except TemplateError as exc:
+            return Outcome.failed(f"body_template could not render this message: {exc}")
+        codes = list(settings.success_codes)
+        return await ctx.exchange(request, lambda response: http_status_outcome(response, codes))
+
+
+async def _never(request: VendorRequest, classify: Any) -> Outcome:  # pragma: no cover
+    raise RuntimeError("the sample render never sends")
+
+
+CHANNEL_TYPE = WebhookChannel()

@@ -1,0 +1,287 @@
+"""The ``msgpush`` command: serve, worker, db, token, channel and send."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from msgpush.client import Client, MsgpushError
+from msgpush.settings import Settings
+
+app = typer.Typer(help="msgpush: self-hosted message push service.", no_args_is_help=True)
+db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
+token_app = typer.Typer(help="API tokens.", no_args_is_help=True)
+channel_app = typer.Typer(help="Push channels (through the API).", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(token_app, name="token")
+app.add_typer(channel_app, name="channel")
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir", help="Data directory (SQLite file, key file). Env: MSGPUSH_DATA_DIR."
+    ),
+]
+Url = Annotated[
+    str | None,
+    typer.Option("--url", envvar="MSGPUSH_URL", help="msgpush server, e.g. http://127.0.0.1:8080"),
+]
+Token = Annotated[str | None, typer.Option("--token", envvar="MSGPUSH_TOKEN", help="API token")]
+
+
+def _settings(data_dir: Path | None) -> Settings:
+    settings = Settings()
+    if data_dir is not None:
+        settings.data_dir = data_dir
+    return settings
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _fail(error: MsgpushError) -> None:
+    typer.echo(f"error: {error}", err=True)
+    raise typer.Exit(1)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+    data_dir: DataDir = None,
+    no_worker: Annotated[
+        bool, typer.Option("--no-worker", help="API only; no delivery workers.")
+    ] = False,
+) -> None:
+    """Run the API, the web console and the delivery workers in one process."""
+    import uvicorn
+
+    from msgpush.api.app import build
+
+    settings = _settings(data_dir)
+    _logging(settings.log_level)
+    where = (settings.database_url and "PostgreSQL") or f"SQLite in {settings.data_dir.resolve()}"
+    typer.echo(f"msgpush: serving on http://{host}:{port} ({where})", err=True)
+    uvicorn.run(
+        build(settings, worker=not no_worker),
+        host=host,
+        port=port,
+        log_level=settings.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+
+
+@app.command()
+def worker(data_dir: DataDir = None) -> None:
+    """Run delivery workers only (share the database with one or more `serve --no-worker`)."""
+    from msgpush.runtime import Runtime
+
+    settings = _settings(data_dir)
+    _logging(settings.log_level)
+
+    async def run() -> None:
+        runtime = Runtime(settings, worker=True)
+        await runtime.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        typer.echo("msgpush: worker running", err=True)
+        await stop.wait()
+        await runtime.stop()
+
+    asyncio.run(run())
+
+
+@db_app.command("upgrade")
+def db_upgrade(data_dir: DataDir = None) -> None:
+    """Apply database migrations (serve and worker also do this on start)."""
+    from msgpush.storage.db import make_engine, migrate
+
+    settings = _settings(data_dir)
+
+    async def run() -> None:
+        engine = make_engine(settings)
+        try:
+            await migrate(engine)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(run())
+    typer.echo("database is up to date", err=True)
+
+
+@token_app.command("create")
+def token_create(
+    role: Annotated[str, typer.Option(help="admin or sender")] = "sender",
+    name: Annotated[str, typer.Option(help="What the token is for.")] = "cli",
+    data_dir: DataDir = None,
+) -> None:
+    """Create an API token directly in the database; prints the token alone on stdout."""
+    from msgpush.errors import ApiError
+    from msgpush.runtime import Runtime
+
+    settings = _settings(data_dir)
+
+    async def run() -> str:
+        runtime = Runtime(settings, worker=False)
+        await runtime.start()
+        try:
+            token, _ = await runtime.tokens.create(name, role)
+            return token
+        finally:
+            await runtime.stop()
+
+    try:
+        token = asyncio.run(run())
+    except ApiError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(token)
+
+
+def _parse_sets(values: list[str]) -> dict[str, Any]:
+    config: dict[str, Any] = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"{item!r}: use KEY=VALUE", param_hint="--set")
+        try:
+            value: Any = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        target = config
+        *parents, leaf = key.split(".")
+        for part in parents:
+            target = target.setdefault(part, {})
+        target[leaf] = value
+    return config
+
+
+@channel_app.command("list")
+def channel_list(url: Url = None, token: Token = None) -> None:
+    """List channels: id, name, type, enabled, last test."""
+    try:
+        with Client(url, token) as client:
+            items = client.channels()
+    except MsgpushError as error:
+        _fail(error)
+        return
+    for item in items:
+        test = item.get("last_test") or {}
+        tested = "never tested" if not test else ("test ok" if test.get("ok") else "test failed")
+        state = "enabled" if item["enabled"] else "disabled"
+        typer.echo(f"{item['id']}  {item['name']:<24} {item['type']:<14} {state:<9} {tested}")
+
+
+@channel_app.command("add")
+def channel_add(
+    name: Annotated[str, typer.Argument(help="Unique channel name")],
+    type: Annotated[str, typer.Option("--type", help="Channel type id, e.g. webhook")],
+    config: Annotated[str | None, typer.Option(help="Settings as a JSON object")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="One setting KEY=VALUE (repeatable)")
+    ] = None,
+    description: str = "",
+    url: Url = None,
+    token: Token = None,
+) -> None:
+    """Create a channel. Settings from --config JSON and/or --set KEY=VALUE."""
+    settings: dict[str, Any] = json.loads(config) if config else {}
+    settings.update(_parse_sets(set_ or []))
+    try:
+        with Client(url, token) as client:
+            created = client.create_channel(name, type, settings, description=description)
+    except MsgpushError as error:
+        _fail(error)
+        return
+    typer.echo(created["id"])
+
+
+@channel_app.command("test")
+def channel_test(
+    ref: Annotated[str, typer.Argument(help="Channel name or id")],
+    url: Url = None,
+    token: Token = None,
+) -> None:
+    """Send a Test Push now and print the outcome and diagnosis."""
+    try:
+        with Client(url, token) as client:
+            result = client.test_channel(ref)
+    except MsgpushError as error:
+        _fail(error)
+        return
+    verdict = "OK" if result["ok"] else "FAILED"
+    typer.echo(f"{verdict} in {result['duration_ms']} ms (HTTP {result.get('status_code')})")
+    if result.get("vendor_code") is not None:
+        typer.echo(f"vendor: {result['vendor_code']} {result.get('vendor_message') or ''}")
+    if result.get("diagnosis"):
+        typer.echo(result["diagnosis"])
+    if not result["ok"]:
+        raise typer.Exit(1)
+
+
+@channel_app.command("rm")
+def channel_rm(
+    ref: Annotated[str, typer.Argument(help="Channel name or id")],
+    url: Url = None,
+    token: Token = None,
+) -> None:
+    """Delete a channel (its unsent deliveries are cancelled)."""
+    try:
+        with Client(url, token) as client:
+            client.delete_channel(ref)
+    except MsgpushError as error:
+        _fail(error)
+
+
+@app.command()
+def send(
+    channel: Annotated[
+        list[str], typer.Option("--channel", "-c", help="Channel name or id (repeatable)")
+    ],
+    title: Annotated[str, typer.Option("--title", "-t")] = "",
+    content: Annotated[str, typer.Option("--content", "-m", help="Text, or - to read stdin")] = "",
+    level: Annotated[str, typer.Option(help="info, success, warning, error, critical")] = "info",
+    format: Annotated[str, typer.Option("--format", help="markdown or text")] = "markdown",
+    category: Annotated[str, typer.Option(help="task, alert, data, system, other")] = "other",
+    label: Annotated[list[str] | None, typer.Option(help="KEY=VALUE label (repeatable)")] = None,
+    idempotency_key: Annotated[
+        str | None, typer.Option(help="De-duplicate retries of this send")
+    ] = None,
+    url: Url = None,
+    token: Token = None,
+) -> None:
+    """Send a message; prints the message id once it is stored."""
+    text = sys.stdin.read() if content == "-" else content
+    labels = {k: str(v) for k, v in _parse_sets(label or []).items()}
+    extra: dict[str, Any] = {
+        "level": level,
+        "format": format,
+        "category": category,
+        "labels": labels,
+    }
+    if idempotency_key:
+        extra["idempotency_key"] = idempotency_key
+    try:
+        with Client(url, token) as client:
+            answer = client.send(channel, title, text, **extra)
+    except MsgpushError as error:
+        _fail(error)
+        return
+    typer.echo(answer["id"])
+    for delivery in answer["deliveries"]:
+        typer.echo(f"  {delivery['id']}  {delivery['channel']}  {delivery['status']}", err=True)

@@ -1,0 +1,1 @@
+"""Delivery: the engine (claim, send, record), rate windows, the shared HTTP session."""

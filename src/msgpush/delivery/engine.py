@@ -1,0 +1,355 @@
+"""The delivery engine: claim due deliveries with a lease, send, record every attempt, retry.
+
+One engine runs in each ``serve`` (unless ``--no-worker``) and ``worker`` process. It wakes
+when this process accepts a message, and polls otherwise, so deliveries accepted by another
+process, retries that fall due and leases of crashed workers are all picked up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import random
+import socket
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from msgpush import metrics
+from msgpush.channel_service import ChannelService, LoadedChannel
+from msgpush.channels.base import Outcome, SendContext
+from msgpush.delivery.http import HttpClient, Transcript
+from msgpush.delivery.limits import RateLimiter
+from msgpush.ids import new_id, now_ms
+from msgpush.message import Category, Level, Message
+from msgpush.redact import scrub
+from msgpush.settings import Settings
+from msgpush.storage.queue import AttemptRecord, Claimed, Queue
+
+log = logging.getLogger(__name__)
+
+CLAIM_BATCH = 100
+JANITOR_EVERY_S = 5.0
+TEST_MESSAGE = Message(
+    title="msgpush Test Push",
+    content="This is a test message from msgpush. If you can read it, the channel works.",
+    level=Level.info,
+    category=Category.system,
+)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    base_s: float
+    max_delay_s: float
+    max_attempts: int
+    max_age_s: float
+
+    def delay_s(self, attempt: int, retry_after_s: float | None = None) -> float:
+        """Exponential backoff with jitter (half fixed, half random) or the vendor's Retry-After."""
+        if retry_after_s is not None:
+            return min(self.max_delay_s, max(retry_after_s, 0.0))
+        ceiling = min(self.max_delay_s, self.base_s * 2 ** (attempt - 1))
+        return float(ceiling / 2 + random.uniform(0, ceiling / 2))
+
+
+class Engine:
+    def __init__(
+        self,
+        settings: Settings,
+        queue: Queue,
+        channels: ChannelService,
+        limiter: RateLimiter,
+        http: HttpClient,
+    ) -> None:
+        self.owner = f"{socket.gethostname()}-{os.getpid()}-{new_id('w')[-6:]}"
+        self._settings = settings
+        self._queue = queue
+        self._channels = channels
+        self._limiter = limiter
+        self._http = http
+        self.policy = RetryPolicy(
+            settings.retry_base_s,
+            settings.retry_max_delay_s,
+            settings.max_attempts,
+            settings.max_age_s,
+        )
+        self._wake = asyncio.Event()
+        self._slot_free = asyncio.Event()
+        self._inflight: dict[str, asyncio.Task[None]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._claim_loop(), name="msgpush-claim"),
+            asyncio.create_task(self._janitor_loop(), name="msgpush-janitor"),
+        ]
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._inflight:
+            await asyncio.wait(list(self._inflight.values()), timeout=grace_s)
+        unfinished = list(self._inflight)
+        for task in self._inflight.values():
+            task.cancel()
+        await asyncio.gather(*self._inflight.values(), return_exceptions=True)
+        try:
+            await self._queue.release(unfinished, self.owner)
+        except Exception:  # the lease runs out instead
+            log.warning("could not release %d claims on shutdown", len(unfinished))
+
+    def notify(self) -> None:
+        """Something became due (a message was accepted here): look now, not at the next poll."""
+        self._wake.set()
+
+    # -- loops -------------------------------------------------------------------------------
+
+    async def _claim_loop(self) -> None:
+        lease_ms = int(self._settings.lease_s * 1000)
+        while not self._stopping:
+            free = self._settings.workers - len(self._inflight)
+            if free <= 0:
+                self._slot_free.clear()
+                await self._slot_free.wait()
+                continue
+            self._wake.clear()
+            want = min(free, CLAIM_BATCH)
+            try:
+                claimed = await self._queue.claim(self.owner, want, lease_ms)
+                if claimed:
+                    await self._dispatch(claimed)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("claiming deliveries failed; retrying shortly")
+                await asyncio.sleep(1.0)
+                continue
+            if len(claimed) < want:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=self._settings.poll_s)
+
+    async def _dispatch(self, claimed: list[Claimed]) -> None:
+        payloads = await self._queue.payloads(list({c.message_id for c in claimed}))
+        for item in claimed:
+            task = asyncio.create_task(self._deliver(item, payloads.get(item.message_id)))
+            self._inflight[item.id] = task
+            task.add_done_callback(functools.partial(self._finished, item.id))
+        metrics.INFLIGHT.set(len(self._inflight))
+
+    def _finished(self, delivery_id: str, _task: object = None) -> None:
+        self._inflight.pop(delivery_id, None)
+        metrics.INFLIGHT.set(len(self._inflight))
+        self._slot_free.set()
+
+    async def _janitor_loop(self) -> None:
+        rounds = 0
+        while not self._stopping:
+            try:
+                released = await self._queue.release_expired_leases()
+                if released:
+                    log.warning(
+                        "%d deliveries were left mid-send by a stopped worker; resending", released
+                    )
+                    self.notify()
+                if rounds % 12 == 0:
+                    await self._limiter.forget_old()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("janitor round failed")
+            rounds += 1
+            await asyncio.sleep(JANITOR_EVERY_S)
+
+    # -- one delivery ------------------------------------------------------------------------
+
+    async def _deliver(self, claimed: Claimed, stored: tuple[str, str | None, int] | None) -> None:
+        number = claimed.attempts + 1
+        started = now_ms()
+        channel = await self._channels.load(claimed.channel_id)
+        if stored is None:
+            outcome = Outcome.failed("the message is missing from the database")
+        elif channel is None:
+            outcome = Outcome.failed("the channel was deleted before this message was sent")
+        elif not channel.enabled:
+            outcome = Outcome.failed(
+                f"channel {channel.name!r} was disabled before this message was sent; "
+                "enable it and resend"
+            )
+        else:
+            wait_ms = await self._limiter.acquire(channel.id, channel.limit)
+            if wait_ms:
+                metrics.RATE_LIMIT_WAITS.inc()
+                await self._queue.defer(claimed.id, self.owner, now_ms() + wait_ms)
+                return
+            payload, _event_id, created_at = stored
+            message = Message.model_validate_json(payload)
+            await self._attempt(claimed, channel, message, created_at, number, started)
+            return
+        await self._queue.record(
+            AttemptRecord(
+                delivery_id=claimed.id,
+                number=number,
+                started_at=started,
+                duration_ms=0,
+                outcome="failed",
+                status="failed",
+                diagnosis=outcome.diagnosis,
+                lease_owner=self.owner,
+            )
+        )
+        metrics.DELIVERIES_FINISHED.labels("unknown", "failed").inc()
+
+    async def _attempt(
+        self,
+        claimed: Claimed,
+        channel: LoadedChannel,
+        message: Message,
+        created_at: int,
+        number: int,
+        started: int,
+    ) -> None:
+        transcript = Transcript(secrets=channel.secrets)
+        ctx = SendContext(
+            delivery_id=claimed.id,
+            attempt=number,
+            exchange=self._http.exchanger(transcript),
+            message_id=claimed.message_id,
+            created_at_ms=created_at,
+        )
+        clock = time.perf_counter()
+        outcome = await send_once(channel, message, ctx)
+        duration_ms = int((time.perf_counter() - clock) * 1000)
+        type_id = channel.type.type_id
+        metrics.ATTEMPTS.labels(type_id, outcome.kind).inc()
+        metrics.ATTEMPT_SECONDS.labels(type_id).observe(duration_ms / 1000)
+
+        next_at: int | None = None
+        diagnosis = outcome.diagnosis
+        if outcome.kind == "delivered":
+            status = "delivered"
+            metrics.ENQUEUE_TO_DELIVERED.observe(max(0, now_ms() - created_at) / 1000)
+        elif outcome.kind == "failed":
+            status = "failed"
+        else:
+            status, next_at, diagnosis = self._after_retryable(
+                number - claimed.budget_attempts, claimed.budget_since, outcome
+            )
+        if status in ("delivered", "failed"):
+            metrics.DELIVERIES_FINISHED.labels(type_id, status).inc()
+        await self._queue.record(
+            AttemptRecord(
+                delivery_id=claimed.id,
+                number=number,
+                started_at=started,
+                duration_ms=duration_ms,
+                outcome=outcome.kind,
+                status=status,
+                next_attempt_at=next_at,
+                status_code=outcome.status_code if outcome.status_code else transcript.last_status,
+                vendor_code=outcome.vendor_code,
+                vendor_message=outcome.vendor_message,
+                diagnosis=diagnosis,
+                warning=outcome.warning,
+                request=transcript.request_json(),
+                lease_owner=self.owner,
+            )
+        )
+
+    def _after_retryable(
+        self, number: int, since: int, outcome: Outcome
+    ) -> tuple[str, int | None, str | None]:
+        """After a retryable error: when to try again, or that the budget is spent."""
+        policy = self.policy
+        reason = outcome.diagnosis or "retryable error"
+        if number >= policy.max_attempts:
+            return "failed", None, f"gave up after {number} attempts; last error: {reason}"
+        delay_ms = int(policy.delay_s(number, outcome.retry_after_s) * 1000)
+        next_at = now_ms() + delay_ms
+        if next_at - since > policy.max_age_s * 1000:
+            age_h = policy.max_age_s / 3600
+            return "failed", None, f"gave up: still failing after {age_h:g} h; last error: {reason}"
+        return "retrying", next_at, reason
+
+
+async def test_push(
+    http: HttpClient, limiter: RateLimiter | None, channel: LoadedChannel
+) -> dict[str, Any]:
+    """Send a labelled test message now, once, and say what happened.
+
+    A saved channel (``limiter`` given) takes a slot in its rate window like any send, so a
+    test never draws the vendor's rate-limit error either.
+    """
+    clock = time.perf_counter()
+    if limiter is not None:
+        wait_ms = await limiter.acquire(channel.id, channel.limit)
+        if wait_ms:
+            return {
+                "ok": False,
+                "status_code": None,
+                "vendor_code": None,
+                "vendor_message": None,
+                "diagnosis": (
+                    f"the channel's rate window is full; the next send fits in {wait_ms / 1000:.1f} s"
+                ),
+                "duration_ms": 0,
+                "request": None,
+            }
+    transcript = Transcript(secrets=channel.secrets)
+    test_id = new_id("test")
+    ctx = SendContext(
+        delivery_id=test_id,
+        attempt=1,
+        exchange=http.exchanger(transcript),
+        message_id=test_id,
+        created_at_ms=now_ms(),
+        is_test=True,
+    )
+    outcome = await send_once(channel, TEST_MESSAGE, ctx)
+    duration_ms = int((time.perf_counter() - clock) * 1000)
+    diagnosis = outcome.diagnosis
+    if outcome.kind == "delivered":
+        diagnosis = outcome.warning or "delivered: check that the test message arrived"
+    return {
+        "ok": outcome.kind == "delivered",
+        "status_code": outcome.status_code or transcript.last_status,
+        "vendor_code": outcome.vendor_code,
+        "vendor_message": outcome.vendor_message,
+        "diagnosis": diagnosis,
+        "duration_ms": duration_ms,
+        "request": orjson.loads(transcript.request_json() or "null"),
+    }
+
+
+async def send_once(channel: LoadedChannel, message: Message, ctx: SendContext) -> Outcome:
+    """One attempt, with one immediate repeat when the vendor says the access token is stale."""
+    try:
+        outcome = await channel.type.send(message, channel.settings, ctx)
+        if outcome.kind == "refresh_token":
+            outcome = await channel.type.send(message, channel.settings, ctx)
+            if outcome.kind == "refresh_token":
+                outcome = Outcome.retry(outcome.diagnosis or "access token refused twice")
+        return outcome
+    except Exception as exc:
+        frame = traceback.extract_tb(exc.__traceback__)[-1]
+        log.error(
+            "channel %s (%s) raised %s at %s:%s: %s",
+            channel.name,
+            channel.type.type_id,
+            type(exc).__name__,
+            frame.filename,
+            frame.lineno,
+            scrub(str(exc), channel.secrets),
+        )
+        return Outcome.retry(f"internal error while sending ({type(exc).__name__}); will retry")

@@ -1,0 +1,71 @@
+"""Per-channel rate windows, kept in the database so every worker process shares them.
+
+A send takes a slot in each of its channel's windows (a sliding log of send times); when a
+window is full the delivery waits, durably, until the oldest send in it leaves the window. No
+delivery is dropped and no vendor rate-limit error is drawn.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import delete, func, insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from msgpush.channels.base import RateLimit
+from msgpush.ids import now_ms
+from msgpush.storage.db import Database
+from msgpush.storage.schema import channels, rate_events
+
+LONGEST_WINDOW_MS = 3_600_000
+
+
+class RateLimiter:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def acquire(self, channel_id: str, limit: RateLimit) -> int:
+        """Take a send slot now; returns 0, or the milliseconds to wait before trying again."""
+        windows = limit.windows()
+        if not windows:
+            return 0
+
+        async def op(conn: AsyncConnection) -> int:
+            now = now_ms()
+            if self._db.dialect == "postgresql":  # serialise slot-taking per channel
+                await conn.execute(
+                    select(channels.c.id).where(channels.c.id == channel_id).with_for_update()
+                )
+            wait = 0
+            for window_ms, most in windows:
+                since = now - window_ms
+                in_window = (rate_events.c.channel_id == channel_id) & (rate_events.c.at_ms > since)
+                count = (
+                    await conn.execute(
+                        select(func.count()).select_from(rate_events).where(in_window)
+                    )
+                ).scalar_one()
+                if count >= most:
+                    # the send that must leave the window before one more fits
+                    oldest = (
+                        await conn.execute(
+                            select(rate_events.c.at_ms)
+                            .where(in_window)
+                            .order_by(rate_events.c.at_ms)
+                            .offset(count - most)
+                            .limit(1)
+                        )
+                    ).scalar_one()
+                    wait = max(wait, oldest + window_ms - now + 1)
+            if wait == 0:
+                await conn.execute(insert(rate_events).values(channel_id=channel_id, at_ms=now))
+            return wait
+
+        waited: int = await self._db.write(op)
+        return waited
+
+    async def forget_old(self) -> None:
+        cutoff = now_ms() - LONGEST_WINDOW_MS - 60_000
+
+        async def op(conn: AsyncConnection) -> None:
+            await conn.execute(delete(rate_events).where(rate_events.c.at_ms < cutoff))
+
+        await self._db.write(op)

@@ -1,0 +1,56 @@
+"""The API's error type: a status, a stable code, a message that says how to fix it, a field."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ApiError(Exception):
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        field: str | None = None,
+        details: list[dict[str, Any]] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.field = field
+        self.details = details
+
+    def body(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.field is not None:
+            error["field"] = self.field
+        if self.details:
+            error["details"] = self.details
+        return {"error": error}
+
+
+def not_found(kind: str, ref: str) -> ApiError:
+    return ApiError(404, "not_found", f"no {kind} {ref!r}")
+
+
+def pydantic_details(errors: list[Any], prefix: str = "") -> list[dict[str, Any]]:
+    """pydantic errors as [{field, message}], field as a dotted path like ``config.url``."""
+    details = []
+    for error in errors:
+        path = [str(part) for part in error.get("loc", ()) if part != "body"]
+        field = ".".join(([prefix] if prefix else []) + path)
+        message = error.get("msg", "invalid value")
+        if error.get("type") == "extra_forbidden":
+            message = "unknown field: remove it (check the spelling against the API docs)"
+        elif error.get("type") == "missing":
+            message = "required field is missing"
+        details.append({"field": field or None, "message": message})
+    return details
+
+
+def validation_error(errors: list[Any], prefix: str = "") -> ApiError:
+    details = pydantic_details(errors, prefix)
+    first = details[0] if details else {"field": None, "message": "invalid input"}
+    where = f"{first['field']}: " if first["field"] else ""
+    return ApiError(422, "invalid", f"{where}{first['message']}", first["field"], details)

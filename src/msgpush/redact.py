@@ -1,0 +1,48 @@
+"""Scrub secrets from anything that is stored for display or written to a log."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from msgpush.secretbox import MASK
+
+SENSITIVE_QUERY_KEYS = {"key", "access_token", "token", "sign", "secret", "signature", "corpsecret"}
+SENSITIVE_HEADERS = {
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "webhook-signature",
+    "x-acs-dingtalk-access-token",
+    "x-api-key",
+}
+
+
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    """Replace every occurrence of each secret value with the mask."""
+    for value in sorted(set(secrets), key=len, reverse=True):
+        if value and len(value) >= 4:
+            text = text.replace(value, MASK)
+    return text
+
+
+def redact_url(url: str, secrets: Iterable[str] = ()) -> str:
+    """The URL with credential-bearing query values masked."""
+    parts = urlsplit(url)
+    if parts.query:
+        query = [
+            (key, MASK if key.lower() in SENSITIVE_QUERY_KEYS else value)
+            for key, value in parse_qsl(parts.query, keep_blank_values=True)
+        ]
+        parts = parts._replace(query=urlencode(query, safe=MASK))
+    if parts.password:
+        parts = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", f":{MASK}@"))
+    return scrub(urlunsplit(parts), secrets)
+
+
+def redact_headers(headers: dict[str, str], secrets: Iterable[str] = ()) -> dict[str, str]:
+    secrets = list(secrets)
+    return {
+        name: MASK if name.lower() in SENSITIVE_HEADERS else scrub(value, secrets)
+        for name, value in headers.items()
+    }

@@ -1,0 +1,57 @@
+"""Everything one msgpush process runs, wired together: database, services, HTTP, engine."""
+
+from __future__ import annotations
+
+import logging
+
+from msgpush.channel_service import ChannelService
+from msgpush.delivery.engine import Engine
+from msgpush.delivery.http import HttpClient
+from msgpush.delivery.limits import RateLimiter
+from msgpush.secretbox import SecretBox, load_or_create_key
+from msgpush.settings import Settings
+from msgpush.storage.db import Database
+from msgpush.storage.history import History
+from msgpush.storage.queue import Queue
+from msgpush.storage.tokens import TokenStore
+
+log = logging.getLogger(__name__)
+
+
+class Runtime:
+    def __init__(self, settings: Settings, *, worker: bool = True) -> None:
+        self.settings = settings
+        self.db = Database(settings)
+        self.box = SecretBox(load_or_create_key(settings.data_dir, settings.secret_key))
+        self.channels = ChannelService(self.db, self.box)
+        self.queue = Queue(self.db, int(settings.idempotency_ttl_s * 1000))
+        self.tokens = TokenStore(self.db)
+        self.history = History(self.db)
+        self.limiter = RateLimiter(self.db)
+        self.http = HttpClient()
+        self.engine = (
+            Engine(settings, self.queue, self.channels, self.limiter, self.http) if worker else None
+        )
+
+    async def start(self) -> None:
+        await self.db.start()
+        await self.http.start()
+        if self.engine is not None:
+            self.engine.start()
+
+    async def stop(self) -> None:
+        if self.engine is not None:
+            await self.engine.stop()
+        await self.http.close()
+        await self.db.close()
+
+    def notify(self) -> None:
+        if self.engine is not None:
+            self.engine.notify()
+
+    async def ensure_admin_token(self) -> str | None:
+        """On first start, create an admin token and return it (to be printed once)."""
+        if await self.tokens.count():
+            return None
+        token, _ = await self.tokens.create("initial admin", "admin", self.settings.admin_token)
+        return token

@@ -1,0 +1,56 @@
+"""Runtime settings, read from ``MSGPUSH_*`` environment variables (and CLI flags)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MSGPUSH_", extra="ignore")
+
+    data_dir: Path = Field(default=Path("./msgpush-data"), description="SQLite file and key file")
+    database_url: str | None = Field(
+        default=None, description="postgresql://… to use PostgreSQL; default SQLite in data_dir"
+    )
+    secret_key: str | None = Field(
+        default=None, description="Fernet key for secrets at rest; default a 0600 key file"
+    )
+    admin_token: str | None = Field(
+        default=None, description="the first admin token, instead of a generated one"
+    )
+    # Delivery engine
+    workers: int = Field(default=64, ge=1, le=1024, description="concurrent sends per process")
+    lease_s: float = Field(
+        default=60.0, gt=0, description="claim lease; a dead worker's claims return"
+    )
+    poll_s: float = Field(default=1.0, gt=0, description="how often idle workers look for due work")
+    retry_base_s: float = Field(default=2.0, gt=0, description="first retry delay")
+    retry_max_delay_s: float = Field(default=900.0, gt=0, description="longest delay between tries")
+    max_attempts: int = Field(default=10, ge=1, description="attempts before a delivery fails")
+    max_age_s: float = Field(default=86_400.0, gt=0, description="age after which retries stop")
+    # API
+    max_body_bytes: int = Field(
+        default=8 * 1024 * 1024, description="larger request bodies get 413"
+    )
+    idempotency_ttl_s: float = Field(default=86_400.0, gt=0)
+    log_level: str = "info"
+
+    def sqlite_path(self) -> Path:
+        return self.data_dir / "msgpush.db"
+
+    def resolved_database_url(self) -> str:
+        """The SQLAlchemy async URL: PostgreSQL via asyncpg, else SQLite via aiosqlite."""
+        url = self.database_url
+        if not url:
+            return f"sqlite+aiosqlite:///{self.sqlite_path().resolve()}"
+        for plain, driver in (
+            ("postgresql://", "postgresql+asyncpg://"),
+            ("postgres://", "postgresql+asyncpg://"),
+            ("sqlite://", "sqlite+aiosqlite://"),
+        ):
+            if url.startswith(plain):
+                return driver + url[len(plain) :]
+        return url

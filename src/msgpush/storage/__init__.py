@@ -1,0 +1,1 @@
+"""Persistence: tables, migrations, the database connection and the queries on it."""

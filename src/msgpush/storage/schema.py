@@ -1,0 +1,115 @@
+"""The database tables (SQLAlchemy Core). Migrations in ``migrations/`` create and evolve them.
+
+Times are integer milliseconds since the epoch and structured values are JSON text, so that the
+same statements run unchanged on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+channels = Table(
+    "channels",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("name", String(128), nullable=False, unique=True),
+    Column("type", String(32), nullable=False),
+    Column("description", Text, nullable=False, default=""),
+    Column("enabled", Boolean, nullable=False, default=True),
+    Column("config", Text, nullable=False),  # JSON of the non-secret settings
+    Column("secrets", Text, nullable=False, default=""),  # Fernet token of the secret settings
+    Column("rate_limit", Text, nullable=True),  # JSON {"per_second"?, "per_minute"?, ...}
+    Column("last_test", Text, nullable=True),  # JSON of the last Test Push outcome
+    Column("last_test_at", BigInteger, nullable=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+)
+
+messages = Table(
+    "messages",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("idempotency_key", String(255), nullable=True, unique=True),
+    Column("payload", Text, nullable=False),  # JSON of msgpush.message.Message
+    Column("event_id", String(40), nullable=True),
+)
+
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("message_id", String(40), nullable=False, index=True),
+    Column("channel_id", String(40), nullable=False),
+    Column("channel_name", String(128), nullable=False),
+    Column("channel_type", String(32), nullable=False),
+    # queued | sending | retrying | delivered | failed | cancelled
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    # a manual resend starts a fresh budget: attempts and age count from here
+    Column("budget_attempts", Integer, nullable=False, default=0),
+    Column("budget_since", BigInteger, nullable=False),
+    Column("next_attempt_at", BigInteger, nullable=False),
+    Column("lease_owner", String(64), nullable=True),
+    Column("lease_until", BigInteger, nullable=True),
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Column("delivered_at", BigInteger, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("warning", Text, nullable=True),
+    Index("ix_deliveries_due", "status", "next_attempt_at"),
+    Index("ix_deliveries_channel_created", "channel_id", "created_at"),
+    Index("ix_deliveries_created", "created_at"),
+)
+
+delivery_attempts = Table(
+    "delivery_attempts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("delivery_id", String(40), nullable=False, index=True),
+    Column("number", Integer, nullable=False),
+    Column("started_at", BigInteger, nullable=False),
+    Column("duration_ms", Integer, nullable=False),
+    # delivered | retry | failed | refresh_token
+    Column("outcome", String(16), nullable=False),
+    Column("status_code", Integer, nullable=True),
+    Column("vendor_code", String(64), nullable=True),
+    Column("vendor_message", Text, nullable=True),
+    Column("diagnosis", Text, nullable=True),
+    Column("next_attempt_at", BigInteger, nullable=True),
+    Column("request", Text, nullable=True),  # the rendered request with secrets removed
+    Column("response", Text, nullable=True),  # an excerpt of the answer
+)
+
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("name", String(128), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("prefix", String(16), nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("last_used_at", BigInteger, nullable=True),
+)
+
+rate_events = Table(
+    "rate_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("channel_id", String(40), nullable=False),
+    Column("at_ms", BigInteger, nullable=False),
+    Index("ix_rate_events_channel_at", "channel_id", "at_ms"),
+)
