@@ -95,7 +95,8 @@ class HttpClient:
             allow_redirects=False,
         ) as response:
             body = await response.content.read(MAX_RESPONSE_BYTES)
-            return VendorResponse(response.status, dict(response.headers), body)
+            headers = {name.lower(): value for name, value in response.headers.items()}
+            return VendorResponse(response.status, headers, body)
 
     def exchanger(self, transcript: Transcript) -> Exchanger:
         async def exchange(

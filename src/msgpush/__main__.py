@@ -1,0 +1,5 @@
+"""``python -m msgpush`` runs the CLI."""
+
+from msgpush.cli import app
+
+app()

@@ -1,0 +1,1 @@
+"""Local fake servers the tests send to: a webhook receiver and (later) each vendor's API."""
