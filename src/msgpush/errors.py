@@ -34,17 +34,22 @@ def not_found(kind: str, ref: str) -> ApiError:
     return ApiError(404, "not_found", f"no {kind} {ref!r}")
 
 
+OBJECT_TYPES = ("model_type", "model_attributes_type", "dict_type")
+
+
 def pydantic_details(errors: list[Any], prefix: str = "") -> list[dict[str, Any]]:
     """pydantic errors as [{field, message}], field as a dotted path like ``config.url``."""
     details = []
     for error in errors:
-        path = [str(part) for part in error.get("loc", ()) if part != "body"]
+        path = [str(part) for part in error.get("loc", ())]
         field = ".".join(([prefix] if prefix else []) + path)
-        message = error.get("msg", "invalid value")
+        message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
         if error.get("type") == "extra_forbidden":
             message = "unknown field: remove it (check the spelling against the API docs)"
         elif error.get("type") == "missing":
             message = "required field is missing"
+        elif error.get("type") in OBJECT_TYPES:
+            message = "must be a JSON object" if field else "the request body must be a JSON object"
         details.append({"field": field or None, "message": message})
     return details
 

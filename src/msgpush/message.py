@@ -5,7 +5,15 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    ValidationInfo,
+    field_validator,
+)
 
 MAX_TITLE_CHARS = 512
 MAX_CONTENT_CHARS = 65_536
@@ -46,6 +54,22 @@ class Strict(BaseModel):
 ShortText = Annotated[str, Field(max_length=1024)]
 
 
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL (\\u0000) characters")
+    return value
+
+
+def _channel_ref(value: str) -> str:
+    value = _no_nul(value.strip())
+    if not value:
+        raise ValueError("a channel reference must be a non-empty name or id")
+    return value
+
+
+ChannelRef = Annotated[str, Field(max_length=1024), AfterValidator(_channel_ref)]
+
+
 class Link(Strict):
     title: Annotated[str, Field(min_length=1, max_length=128)]
     url: HttpUrl
@@ -72,7 +96,7 @@ class Message(Strict):
     """What one message says, independent of where it goes."""
 
     title: Annotated[str, Field(max_length=MAX_TITLE_CHARS)] = ""
-    content: Annotated[str, Field(max_length=MAX_CONTENT_CHARS)] = ""
+    content: Annotated[str, Field(max_length=MAX_CONTENT_CHARS, validate_default=True)] = ""
     format: Format = Format.markdown
     level: Level = Level.info
     category: Category = Category.other
@@ -82,26 +106,27 @@ class Message(Strict):
     recipients: Recipients | None = None
     labels: Annotated[dict[ShortText, ShortText], Field(max_length=50)] = {}
 
-    @model_validator(mode="after")
-    def _not_empty(self) -> Message:
-        if not self.title.strip() and not self.content.strip():
+    @field_validator("content")
+    @classmethod
+    def _not_empty(cls, value: str, info: ValidationInfo) -> str:
+        title = info.data.get("title")  # absent when the title itself was invalid
+        if isinstance(title, str) and not title.strip() and not value.strip():
             raise ValueError("a message needs a title or content: both are empty")
-        return self
+        return value
 
 
 class SendRequest(Message):
     """A message plus where it goes and how to de-duplicate it."""
 
-    channels: Annotated[list[ShortText], Field(min_length=1, max_length=MAX_CHANNELS_PER_MESSAGE)]
-    idempotency_key: Annotated[str, Field(min_length=1, max_length=255)] | None = None
+    channels: Annotated[list[ChannelRef], Field(min_length=1, max_length=MAX_CHANNELS_PER_MESSAGE)]
+    idempotency_key: (
+        Annotated[str, Field(min_length=1, max_length=255), AfterValidator(_no_nul)] | None
+    ) = None
 
     @field_validator("channels")
     @classmethod
-    def _channel_refs(cls, value: list[str]) -> list[str]:
-        cleaned = [ref.strip() for ref in value]
-        if any(not ref for ref in cleaned):
-            raise ValueError("channel references must be non-empty names or ids")
-        return list(dict.fromkeys(cleaned))
+    def _unique(cls, value: list[str]) -> list[str]:
+        return list(dict.fromkeys(value))
 
     def message(self) -> Message:
         return Message.model_validate(self.model_dump(exclude={"channels", "idempotency_key"}))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 from msgpush.secretbox import MASK
 
@@ -30,11 +30,15 @@ def redact_url(url: str, secrets: Iterable[str] = ()) -> str:
     """The URL with credential-bearing query values masked."""
     parts = urlsplit(url)
     if parts.query:
-        query = [
-            (key, MASK if key.lower() in SENSITIVE_QUERY_KEYS else value)
-            for key, value in parse_qsl(parts.query, keep_blank_values=True)
-        ]
-        parts = parts._replace(query=urlencode(query, safe=MASK))
+        pieces = []
+        for piece in parts.query.split("&"):
+            key, sep, _value = piece.partition("=")
+            pieces.append(
+                f"{key}={MASK}"
+                if sep and unquote_plus(key).lower() in SENSITIVE_QUERY_KEYS
+                else piece
+            )
+        parts = parts._replace(query="&".join(pieces))
     if parts.password:
         parts = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", f":{MASK}@"))
     return scrub(urlunsplit(parts), secrets)

@@ -31,7 +31,12 @@ log = logging.getLogger(__name__)
 
 
 class BodyLimit:
-    """Answer 413 to a body larger than the limit, declared or streamed, before reading it all."""
+    """Answer 413 to a body larger than the limit, declared or streamed, before reading it all.
+
+    A declared Content-Length over the limit is refused here; a streamed (chunked) body is
+    counted as the app reads it, and the read that crosses the limit raises the 413 as an
+    ``ApiError``, which the app's error handler answers like any other.
+    """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -53,21 +58,13 @@ class BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise _TooLarge
+                    raise too_large(self.max_bytes)
             return message
 
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await self._reject(send)
+        await self.app(scope, limited, send)
 
     async def _reject(self, send: Send) -> None:
-        body = ApiError(
-            413,
-            "too_large",
-            f"the request body is larger than {self.max_bytes} bytes; send fewer messages per batch",
-        ).body()
-        payload = orjson.dumps(body)
+        payload = orjson.dumps(too_large(self.max_bytes).body())
         await send(
             {
                 "type": "http.response.start",
@@ -81,8 +78,12 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": payload})
 
 
-class _TooLarge(Exception):
-    pass
+def too_large(max_bytes: int) -> ApiError:
+    return ApiError(
+        413,
+        "too_large",
+        f"the request body is larger than {max_bytes} bytes; send fewer messages per batch",
+    )
 
 
 def create_app(settings: Settings | None = None, *, worker: bool = True) -> FastAPI:
@@ -122,7 +123,9 @@ def create_app(settings: Settings | None = None, *, worker: bool = True) -> Fast
 
     @app.exception_handler(RequestValidationError)
     async def request_validation(_request: Request, exc: RequestValidationError) -> JSON:
-        error = validation_error(list(exc.errors()))
+        # FastAPI's locations start with where the value was: body, query, path or header
+        errors = [{**e, "loc": tuple(e.get("loc", ()))[1:]} for e in exc.errors()]
+        error = validation_error(errors)
         return JSON(error.body(), status_code=error.status)
 
     @app.exception_handler(StarletteHTTPException)

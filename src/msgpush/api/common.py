@@ -57,9 +57,24 @@ def require(*roles: str) -> Callable[[Request], Awaitable[str]]:
             raise ApiError(
                 403, "forbidden", f"this route needs an admin token; this token's role is {role}"
             )
+        _refuse_nul(request)
         return role
 
     return check
+
+
+def _refuse_nul(request: Request) -> None:
+    """NUL in a path or query parameter: no id or name has one, and PostgreSQL cannot take it."""
+    for name, value in request.path_params.items():
+        if "\x00" in str(value):
+            raise ApiError(
+                404, "not_found", f"no such {name} {value!r}: ids and names never contain NUL"
+            )
+    for name, value in request.query_params.multi_items():
+        if "\x00" in value or "\x00" in name:
+            raise ApiError(
+                422, "invalid", f"{name}: must not contain NUL (\\u0000) characters", name
+            )
 
 
 admin = require("admin")
@@ -71,9 +86,38 @@ async def read_json(request: Request) -> Any:
     if not body.strip():
         raise ApiError(400, "invalid_json", "the request body is empty; send a JSON object")
     try:
-        return orjson.loads(body)
+        value = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise ApiError(400, "invalid_json", f"the request body is not valid JSON: {exc}") from None
+    _check_values(value)
+    return value
+
+
+INT64_MAX = 2**63 - 1
+
+
+def _check_values(body: Any) -> None:
+    """422 naming the first string with NUL or number beyond 64 bits: neither can be stored."""
+    stack: list[tuple[str, Any]] = [("", body)]
+    while stack:
+        field, value = stack.pop()
+        where = f"{field}: " if field else ""
+        if isinstance(value, str) and "\x00" in value:
+            raise ApiError(
+                422, "invalid", f"{where}must not contain NUL (\\u0000) characters", field or None
+            )
+        if isinstance(value, int | float) and abs(value) > INT64_MAX:
+            raise ApiError(422, "invalid", f"{where}the number {value} is too large", field or None)
+        if isinstance(value, dict):
+            items = [(f"{field}.{key}" if field else str(key), item) for key, item in value.items()]
+        elif isinstance(value, list):
+            items = [(f"{field}.{i}" if field else str(i), item) for i, item in enumerate(value)]
+        else:
+            continue
+        for path, _ in items:
+            if "\x00" in path:
+                raise ApiError(422, "invalid", f"{path!r}: names must not contain NUL", path)
+        stack.extend(reversed(items))
 
 
 async def read_model(request: Request, model: type[M], prefix: str = "") -> M:

@@ -35,6 +35,7 @@ from msgpush.storage.queue import AttemptRecord, Claimed, Queue
 log = logging.getLogger(__name__)
 
 CLAIM_BATCH = 100
+MAX_TIMER_MS = 300_000  # later work is found by polling
 JANITOR_EVERY_S = 5.0
 TEST_MESSAGE = Message(
     title="msgpush Test Push",
@@ -114,6 +115,11 @@ class Engine:
         """Something became due (a message was accepted here): look now, not at the next poll."""
         self._wake.set()
 
+    def _wake_at(self, delay_ms: int) -> None:
+        """Look again when a delivery this process put off falls due, not a poll later."""
+        if delay_ms <= MAX_TIMER_MS:
+            asyncio.get_running_loop().call_later(max(delay_ms, 0) / 1000, self.notify)
+
     # -- loops -------------------------------------------------------------------------------
 
     async def _claim_loop(self) -> None:
@@ -192,6 +198,7 @@ class Engine:
             if wait_ms:
                 metrics.RATE_LIMIT_WAITS.inc()
                 await self._queue.defer(claimed.id, self.owner, now_ms() + wait_ms)
+                self._wake_at(wait_ms)
                 return
             payload, _event_id, created_at = stored
             message = Message.model_validate_json(payload)
@@ -248,6 +255,8 @@ class Engine:
             )
         if status in ("delivered", "failed"):
             metrics.DELIVERIES_FINISHED.labels(type_id, status).inc()
+        elif next_at is not None:
+            self._wake_at(next_at - now_ms())
         await self._queue.record(
             AttemptRecord(
                 delivery_id=claimed.id,

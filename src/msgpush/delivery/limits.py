@@ -18,6 +18,12 @@ from msgpush.storage.schema import channels, rate_events
 LONGEST_WINDOW_MS = 3_600_000
 
 
+def safety_margin_ms(window_ms: int) -> int:
+    """Windows are kept slightly longer than the vendor's, so that jitter in when requests
+    arrive there never makes a full window look over-full to the vendor's own counter."""
+    return max(50, window_ms // 100)
+
+
 class RateLimiter:
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -35,7 +41,8 @@ class RateLimiter:
                     select(channels.c.id).where(channels.c.id == channel_id).with_for_update()
                 )
             wait = 0
-            for window_ms, most in windows:
+            for vendor_window_ms, most in windows:
+                window_ms = vendor_window_ms + safety_margin_ms(vendor_window_ms)
                 since = now - window_ms
                 in_window = (rate_events.c.channel_id == channel_id) & (rate_events.c.at_ms > since)
                 count = (

@@ -1,0 +1,88 @@
+"""Secrets never leave the server: not in API answers, attempt logs, logs, or the database file."""
+
+from __future__ import annotations
+
+import base64
+import os
+
+import httpx
+
+from tests.fakes.receiver import Receiver, Reply
+from tests.helpers import make_webhook, send, wait_delivery
+from tests.server import ServerProcess
+
+SIGNING = "whsec_" + base64.b64encode(os.urandom(32)).decode()
+HEADER_SECRET = "Bearer hdr-" + os.urandom(12).hex()
+
+
+def test_secrets_are_write_only_masked_scrubbed_and_encrypted(
+    api: httpx.Client, server: ServerProcess, receiver: Receiver, unique: str
+) -> None:
+    path = f"/secret/{unique}"
+    # the receiver echoes the secret back, as a careless one might, in an error
+    receiver.script(path, Reply(500, f"bad auth {HEADER_SECRET}".encode()))
+    name = f"secret-{unique}"
+    created = make_webhook(
+        api,
+        name,
+        receiver.url(path),
+        signing_secret=SIGNING,
+        headers={"Authorization": HEADER_SECRET},
+    )
+    seen: list[str] = [str(created)]
+    assert created["config"]["signing_secret"].startswith("••••")
+    assert created["config"]["headers"] == {"Authorization": "••••"}
+
+    delivery_id = send(api, [name])["deliveries"][0]["id"]
+    final = wait_delivery(api, delivery_id)
+    assert final["status"] == "delivered"
+    requests = receiver.at(path)
+    assert requests[-1].headers["Authorization"] == HEADER_SECRET  # the receiver does get it
+
+    tested = api.post(f"/channels/{name}/test")
+    assert tested.json()["ok"] is True
+    seen += [
+        api.get(f"/channels/{name}").text,
+        api.get("/channels").text,
+        api.get(f"/deliveries/{delivery_id}").text,
+        api.get("/deliveries", params={"channel": name}).text,
+        tested.text,
+        api.post(
+            "/channels/test",
+            json={
+                "type": "webhook",
+                "config": created["config"]
+                | {
+                    "url": receiver.url(path),
+                    "signing_secret": SIGNING,
+                    "headers": {"Authorization": HEADER_SECRET},
+                },
+            },
+        ).text,
+    ]
+    attempt = final["attempt_log"][0]
+    assert "••••" in attempt["diagnosis"]  # the echoed secret was scrubbed from the diagnosis
+    assert attempt["request"][0]["headers"]["Authorization"] == "••••"
+    assert attempt["request"][0]["headers"]["webhook-signature"] == "••••"
+
+    # editing without the secret keeps it; a masked value sent back keeps it too
+    api.patch(f"/channels/{name}", json={"config": {"signing_secret": "", "timeout_s": 5}})
+    api.patch(
+        f"/channels/{name}",
+        json={"config": {"signing_secret": created["config"]["signing_secret"]}},
+    )
+    send(api, [name])
+    latest = receiver.wait_for(path, len(requests) + 2)[-1]
+    from standardwebhooks.webhooks import Webhook
+
+    Webhook(SIGNING).verify(latest.body, latest.headers)
+
+    raw_secret = SIGNING.removeprefix("whsec_")
+    for text in [*seen, server.log()]:
+        assert raw_secret not in text and SIGNING not in text
+        assert HEADER_SECRET not in text and HEADER_SECRET.split()[1] not in text
+
+    if server.database_url is None:  # at rest: the SQLite file holds only ciphertext
+        data = b"".join(p.read_bytes() for p in server.data_dir.glob("msgpush.db*") if p.is_file())
+        assert SIGNING.encode() not in data and HEADER_SECRET.encode() not in data
+        assert name.encode() in data  # (the search itself works)
