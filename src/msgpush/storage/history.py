@@ -48,6 +48,7 @@ def attempt_view(row: Any) -> dict[str, Any]:
         "diagnosis": row.diagnosis,
         "next_attempt_at": iso(row.next_attempt_at),
         "request": orjson.loads(row.request) if row.request else None,
+        "worker": row.worker,
     }
 
 

@@ -359,6 +359,7 @@ async def _record_many(conn: AsyncConnection, records: list[AttemptRecord]) -> l
                 "next_attempt_at": r.next_attempt_at if r.status == "retrying" else None,
                 "request": r.request,
                 "response": r.response,
+                "worker": r.lease_owner,
             }
             for r in records
         ],

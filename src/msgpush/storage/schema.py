@@ -91,6 +91,7 @@ delivery_attempts = Table(
     Column("next_attempt_at", BigInteger, nullable=True),
     Column("request", Text, nullable=True),  # the rendered request with secrets removed
     Column("response", Text, nullable=True),  # an excerpt of the answer
+    Column("worker", String(64), nullable=True),  # which process made the attempt
 )
 
 api_tokens = Table(

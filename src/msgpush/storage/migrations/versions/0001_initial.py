@@ -77,6 +77,7 @@ def upgrade() -> None:
         sa.Column("next_attempt_at", sa.BigInteger, nullable=True),
         sa.Column("request", sa.Text, nullable=True),
         sa.Column("response", sa.Text, nullable=True),
+        sa.Column("worker", sa.String(64), nullable=True),
     )
     op.create_index("ix_delivery_attempts_delivery_id", "delivery_attempts", ["delivery_id"])
     op.create_table(
