@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
@@ -49,6 +49,30 @@ def server(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
     process.stop()
     if database_url:
         drop_pg_database(database_url)
+
+
+@pytest.fixture
+def make_server(
+    backend: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., ServerProcess]]:
+    """Start an extra server on the current backend with its own settings (env overrides)."""
+    started: list[tuple[ServerProcess, str | None]] = []
+
+    def start(**env: str) -> ServerProcess:
+        database_url = create_pg_database() if backend == "postgresql" else None
+        process = ServerProcess(
+            tmp_path_factory.mktemp(f"msgpush-{backend}-own"),
+            database_url=database_url,
+            extra_env=env,
+        )
+        started.append((process, database_url))
+        return process.start()
+
+    yield start
+    for process, database_url in started:
+        process.stop()
+        if database_url:
+            drop_pg_database(database_url)
 
 
 @pytest.fixture

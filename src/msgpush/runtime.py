@@ -27,7 +27,7 @@ class Runtime:
         self.queue = Queue(self.db, int(settings.idempotency_ttl_s * 1000))
         self.tokens = TokenStore(self.db)
         self.history = History(self.db)
-        self.limiter = RateLimiter(self.db)
+        self.limiter = RateLimiter(self.db, settings.rate_window_scale)
         self.http = HttpClient()
         self.engine = (
             Engine(settings, self.queue, self.channels, self.limiter, self.http) if worker else None

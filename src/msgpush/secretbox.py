@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 from cryptography.fernet import Fernet, InvalidToken
@@ -62,20 +63,43 @@ class SecretBox:
 
 
 def mask(value: Any) -> Any:
-    """How a stored secret reads back: that it is set, never what it is."""
+    """How a stored secret reads back: that it is set, never what it is.
+
+    A URL keeps its host and path so an admin can tell which bot it is; its credential parts
+    (key/token query values, token path segments) are masked.
+    """
     if isinstance(value, dict):
         return {key: MASK for key in value}
     if isinstance(value, str):
+        if value.startswith(("http://", "https://")):
+            return mask_url(value)
         if len(value) >= 16:
             return MASK + value[-4:]
         return MASK
     return MASK
 
 
+def mask_url(url: str) -> str:
+    parts = urlsplit(url)
+    query = "&".join(
+        f"{key}={MASK}" if sep else piece
+        for piece in parts.query.split("&")
+        if piece
+        for key, sep, _ in [piece.partition("=")]
+    )
+    segments = [
+        MASK + segment[-4:] if len(segment) >= 16 and not segment.isalpha() else segment
+        for segment in parts.path.split("/")
+    ]
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host  # credentials in the netloc dropped
+    return urlunsplit(parts._replace(path="/".join(segments), query=query, netloc=netloc))
+
+
 def is_masked(value: Any) -> bool:
     """A masked value sent back (e.g. by a form) means 'keep what is stored'."""
     if isinstance(value, str):
-        return value.startswith(MASK)
+        return MASK in value
     if isinstance(value, dict):
         return bool(value) and all(item == MASK for item in value.values())
     return False

@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     retry_max_delay_s: float = Field(default=900.0, gt=0, description="longest delay between tries")
     max_attempts: int = Field(default=10, ge=1, description="attempts before a delivery fails")
     max_age_s: float = Field(default=86_400.0, gt=0, description="age after which retries stop")
+    rate_window_scale: float = Field(
+        default=1.0, gt=0, le=1, description="shrinks rate windows (tests only: 0.05 = 60 s -> 3 s)"
+    )
     # API
     max_body_bytes: int = Field(
         default=8 * 1024 * 1024, description="larger request bodies get 413"

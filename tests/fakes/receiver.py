@@ -1,4 +1,4 @@
-"""A webhook receiver on 127.0.0.1 that records every request and answers as scripted.
+"""Threaded local servers for tests; the webhook receiver records requests and answers as scripted.
 
 It runs its own event loop in a thread, so synchronous tests and the msgpush server under
 test (a subprocess) can both talk to it.
@@ -11,7 +11,7 @@ import threading
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 import orjson
 from aiohttp import web
@@ -37,22 +37,27 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-class Receiver:
+class ThreadedServer:
+    """An aiohttp application served on 127.0.0.1 from its own thread and event loop.
+
+    Subclasses add routes in ``routes``; ``requests`` records everything received.
+    """
+
     def __init__(self) -> None:
         self.requests: list[Received] = []
-        self._scripts: dict[str, deque[Reply]] = defaultdict(deque)
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self.port = 0
 
-    # -- control -----------------------------------------------------------------------------
+    def routes(self, app: web.Application) -> None:
+        raise NotImplementedError
 
-    def start(self) -> Receiver:
+    def start(self) -> Self:
         self._thread.start()
         if not self._ready.wait(10):
-            raise RuntimeError("receiver did not start")
+            raise RuntimeError(f"{type(self).__name__} did not start")
         return self
 
     def stop(self) -> None:
@@ -62,15 +67,19 @@ class Receiver:
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
 
-    def script(self, path: str, *replies: Reply | int) -> None:
-        """The next answers for ``path``, in order; after them, 200 ok."""
+    async def record(self, request: web.Request) -> Received:
+        body = await request.read()
+        received = Received(
+            request.method, request.path_qs, dict(request.headers), body, time.time()
+        )
         with self._lock:
-            for reply in replies:
-                self._scripts[path].append(Reply(reply) if isinstance(reply, int) else reply)
+            self.requests.append(received)
+        return received
 
     def at(self, path: str) -> list[Received]:
+        """Requests to ``path`` (the query string is ignored)."""
         with self._lock:
-            return [r for r in self.requests if r.path == path]
+            return [r for r in self.requests if r.path.split("?", 1)[0] == path]
 
     def wait_for(self, path: str, count: int, timeout: float = 15.0) -> list[Received]:
         deadline = time.monotonic() + timeout
@@ -81,24 +90,10 @@ class Receiver:
             time.sleep(0.02)
         raise AssertionError(f"{path}: expected {count} requests, got {len(self.at(path))}")
 
-    # -- server ------------------------------------------------------------------------------
-
-    async def _handle(self, request: web.Request) -> web.Response:
-        body = await request.read()
-        with self._lock:
-            self.requests.append(
-                Received(request.method, request.path, dict(request.headers), body, time.time())
-            )
-            script = self._scripts.get(request.path)
-            reply = script.popleft() if script else Reply()
-        if reply.delay_s:
-            await asyncio.sleep(reply.delay_s)
-        return web.Response(status=reply.status, body=reply.body, headers=reply.headers)
-
     def _serve(self) -> None:
         asyncio.set_event_loop(self._loop)
         app = web.Application(client_max_size=64 * 1024 * 1024)
-        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self.routes(app)
         runner = web.AppRunner(app, access_log=None)
         self._loop.run_until_complete(runner.setup())
         site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -107,3 +102,29 @@ class Receiver:
         self._ready.set()
         self._loop.run_forever()
         self._loop.run_until_complete(runner.cleanup())
+
+
+class Receiver(ThreadedServer):
+    """Answers 200 ok to anything, unless a reply is scripted for the path."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._scripts: dict[str, deque[Reply]] = defaultdict(deque)
+
+    def routes(self, app: web.Application) -> None:
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+
+    def script(self, path: str, *replies: Reply | int) -> None:
+        """The next answers for ``path``, in order; after them, 200 ok."""
+        with self._lock:
+            for reply in replies:
+                self._scripts[path].append(Reply(reply) if isinstance(reply, int) else reply)
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        await self.record(request)
+        with self._lock:
+            script = self._scripts.get(request.path)
+            reply = script.popleft() if script else Reply()
+        if reply.delay_s:
+            await asyncio.sleep(reply.delay_s)
+        return web.Response(status=reply.status, body=reply.body, headers=reply.headers)

@@ -217,6 +217,50 @@ class ChannelType(ABC):
         return await ctx.exchange(self.render(message, settings, ctx), self.classify)
 
 
+@dataclass(frozen=True)
+class VendorCode:
+    """What one vendor error code means (retry, refresh the token, or fail) and how to fix it.
+
+    ``diagnosis`` may use ``{message}`` (the vendor's text) and any name the channel passes.
+    """
+
+    kind: OutcomeKind
+    diagnosis: str
+    retry_after_s: float | None = None
+
+
+def vendor_outcome(
+    code: int | str,
+    message: str,
+    table: dict[int | str, VendorCode],
+    *,
+    status_code: int,
+    **names: Any,
+) -> Outcome:
+    """The outcome of a vendor's answer carrying a business error code (not 0/success)."""
+    entry = table.get(code)
+    vendor: dict[str, Any] = {
+        "status_code": status_code,
+        "vendor_code": str(code),
+        "vendor_message": message,
+    }
+    if entry is None:
+        if status_code >= 500:
+            return Outcome.retry(
+                f"vendor error {code} ({message}) with HTTP {status_code}", **vendor
+            )
+        return Outcome.failed(
+            f"vendor error {code}: {message}. msgpush does not know this code; look it up in the "
+            "vendor's error code list",
+            **vendor,
+        )
+    try:
+        diagnosis = entry.diagnosis.format(message=message, **names)
+    except (KeyError, IndexError):
+        diagnosis = entry.diagnosis
+    return Outcome(entry.kind, diagnosis=diagnosis, retry_after_s=entry.retry_after_s, **vendor)
+
+
 def http_status_outcome(
     response: VendorResponse, success_codes: list[int] | None = None
 ) -> Outcome:

@@ -25,8 +25,9 @@ def safety_margin_ms(window_ms: int) -> int:
 
 
 class RateLimiter:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, window_scale: float = 1.0) -> None:
         self._db = db
+        self._scale = window_scale
 
     async def acquire(self, channel_id: str, limit: RateLimit) -> int:
         """Take a send slot now; returns 0, or the milliseconds to wait before trying again."""
@@ -41,7 +42,8 @@ class RateLimiter:
                     select(channels.c.id).where(channels.c.id == channel_id).with_for_update()
                 )
             wait = 0
-            for vendor_window_ms, most in windows:
+            for full_window_ms, most in windows:
+                vendor_window_ms = int(full_window_ms * self._scale)
                 window_ms = vendor_window_ms + safety_margin_ms(vendor_window_ms)
                 since = now - window_ms
                 in_window = (rate_events.c.channel_id == channel_id) & (rate_events.c.at_ms > since)
