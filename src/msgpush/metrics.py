@@ -33,3 +33,4 @@ RATE_LIMIT_WAITS = Counter(
 )
 INFLIGHT = Gauge("msgpush_deliveries_inflight", "Deliveries being sent by this process")
 QUEUE_DEPTH = Gauge("msgpush_queue_depth", "Unfinished deliveries by status", ["status"])
+TOKEN_FETCHES = Counter("msgpush_vendor_token_fetches_total", "Access tokens fetched from vendors")

@@ -8,6 +8,7 @@ from msgpush.channel_service import ChannelService
 from msgpush.delivery.engine import Engine
 from msgpush.delivery.http import HttpClient
 from msgpush.delivery.limits import RateLimiter
+from msgpush.delivery.tokens import TokenCache
 from msgpush.secretbox import SecretBox, load_or_create_key
 from msgpush.settings import Settings
 from msgpush.storage.db import Database
@@ -29,8 +30,11 @@ class Runtime:
         self.history = History(self.db)
         self.limiter = RateLimiter(self.db, settings.rate_window_scale)
         self.http = HttpClient()
+        self.vendor_tokens = TokenCache(self.db, self.box)
         self.engine = (
-            Engine(settings, self.queue, self.channels, self.limiter, self.http) if worker else None
+            Engine(settings, self.queue, self.channels, self.limiter, self.http, self.vendor_tokens)
+            if worker
+            else None
         )
 
     async def start(self) -> None:

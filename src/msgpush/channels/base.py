@@ -8,7 +8,7 @@ answer*; the delivery engine decides *when* and *how often*. Sending goes throug
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol
 
@@ -46,6 +46,8 @@ class Outcome:
 
     @classmethod
     def refresh_token(cls, diagnosis: str, **kw: Any) -> Outcome:
+        """The vendor refused the access token: the channel has invalidated it in
+        ``ctx.tokens``, and the engine repeats the attempt once, at once."""
         return cls("refresh_token", diagnosis=diagnosis, **kw)
 
 
@@ -88,6 +90,30 @@ class Exchanger(Protocol):
     ) -> Outcome: ...
 
 
+@dataclass(frozen=True)
+class FetchedToken:
+    """An access token as a vendor's token endpoint issued it."""
+
+    token: str
+    expires_in_s: float
+
+
+class TokenFetchFailed(Exception):
+    """Getting a token failed; ``outcome`` says whether to retry and what to fix."""
+
+    def __init__(self, outcome: Outcome) -> None:
+        super().__init__(outcome.diagnosis)
+        self.outcome = outcome
+
+
+class TokenSource(Protocol):
+    """The shared access-token cache (msgpush.delivery.tokens.TokenCache)."""
+
+    async def get(self, key: str, fetch: Callable[[], Awaitable[FetchedToken]]) -> str: ...
+
+    async def invalidate(self, key: str, token: str) -> None: ...
+
+
 @dataclass
 class SendContext:
     """What a sender may use during one attempt."""
@@ -99,6 +125,7 @@ class SendContext:
     created_at_ms: int = 0
     event: dict[str, Any] | None = None
     is_test: bool = False
+    tokens: TokenSource | None = None
 
 
 class RateLimit(BaseModel):

@@ -23,7 +23,7 @@ import orjson
 
 from msgpush import metrics
 from msgpush.channel_service import ChannelService, LoadedChannel
-from msgpush.channels.base import Outcome, SendContext
+from msgpush.channels.base import Outcome, SendContext, TokenFetchFailed, TokenSource
 from msgpush.delivery.http import HttpClient, Transcript
 from msgpush.delivery.limits import RateLimiter
 from msgpush.ids import new_id, now_ms
@@ -68,6 +68,7 @@ class Engine:
         channels: ChannelService,
         limiter: RateLimiter,
         http: HttpClient,
+        tokens: TokenSource | None = None,
     ) -> None:
         self.owner = f"{socket.gethostname()}-{os.getpid()}-{new_id('w')[-6:]}"
         self._settings = settings
@@ -75,6 +76,7 @@ class Engine:
         self._channels = channels
         self._limiter = limiter
         self._http = http
+        self._tokens = tokens
         self.policy = RetryPolicy(
             settings.retry_base_s,
             settings.retry_max_delay_s,
@@ -234,6 +236,7 @@ class Engine:
             exchange=self._http.exchanger(transcript),
             message_id=claimed.message_id,
             created_at_ms=created_at,
+            tokens=self._tokens,
         )
         clock = time.perf_counter()
         outcome = await send_once(channel, message, ctx)
@@ -293,7 +296,10 @@ class Engine:
 
 
 async def test_push(
-    http: HttpClient, limiter: RateLimiter | None, channel: LoadedChannel
+    http: HttpClient,
+    limiter: RateLimiter | None,
+    channel: LoadedChannel,
+    tokens: TokenSource | None = None,
 ) -> dict[str, Any]:
     """Send a labelled test message now, once, and say what happened.
 
@@ -324,6 +330,7 @@ async def test_push(
         message_id=test_id,
         created_at_ms=now_ms(),
         is_test=True,
+        tokens=tokens,
     )
     outcome = await send_once(channel, TEST_MESSAGE, ctx)
     duration_ms = int((time.perf_counter() - clock) * 1000)
@@ -350,6 +357,8 @@ async def send_once(channel: LoadedChannel, message: Message, ctx: SendContext) 
             if outcome.kind == "refresh_token":
                 outcome = Outcome.retry(outcome.diagnosis or "access token refused twice")
         return outcome
+    except TokenFetchFailed as failed:
+        return failed.outcome
     except Exception as exc:
         frame = traceback.extract_tb(exc.__traceback__)[-1]
         log.error(

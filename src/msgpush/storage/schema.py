@@ -114,3 +114,12 @@ rate_events = Table(
     Column("at_ms", BigInteger, nullable=False),
     Index("ix_rate_events_channel_at", "channel_id", "at_ms"),
 )
+
+vendor_tokens = Table(
+    "vendor_tokens",
+    metadata,
+    Column("key", String(64), primary_key=True),  # SHA-256 of the credentials, never them
+    Column("token", Text, nullable=False),  # Fernet-encrypted
+    Column("expires_at", BigInteger, nullable=False),
+    Column("fetched_at", BigInteger, nullable=False),
+)
