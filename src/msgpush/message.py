@@ -118,15 +118,12 @@ class Message(Strict):
 class SendRequest(Message):
     """A message plus where it goes and how to de-duplicate it."""
 
+    # kept as sent (repeats included), so that an error's index is the caller's; a channel named
+    # twice (or by name and by id) still gets one delivery: resolving the targets dedupes them
     channels: Annotated[list[ChannelRef], Field(min_length=1, max_length=MAX_CHANNELS_PER_MESSAGE)]
     idempotency_key: (
         Annotated[str, Field(min_length=1, max_length=255), AfterValidator(_no_nul)] | None
     ) = None
-
-    @field_validator("channels")
-    @classmethod
-    def _unique(cls, value: list[str]) -> list[str]:
-        return list(dict.fromkeys(value))
 
     def message(self) -> Message:
         return Message.model_validate(self.model_dump(exclude={"channels", "idempotency_key"}))

@@ -54,6 +54,13 @@ CHANNEL_BODY = {
 }
 
 
+def _refuse_unknown(body: dict[str, Any], known: set[str]) -> None:
+    unknown = set(body) - known
+    if unknown:
+        field = sorted(unknown)[0]
+        raise ApiError(422, "invalid", f"{field}: unknown field; remove it", field)
+
+
 @router.get("/channel-types", dependencies=[Depends(sender)], summary="Channel types and settings")
 async def channel_types() -> JSON:
     return JSON({"items": [t.describe() for t in registry.all_types()]})
@@ -84,10 +91,7 @@ async def create_channel(request: Request) -> JSON:
     body = await read_json(request)
     if not isinstance(body, dict):
         raise ApiError(422, "invalid", "the body must be a JSON object")
-    unknown = set(body) - {"name", "type", "config", "enabled", "description", "rate_limit"}
-    if unknown:
-        field = sorted(unknown)[0]
-        raise ApiError(422, "invalid", f"{field}: unknown field; remove it", field)
+    _refuse_unknown(body, {"name", "type", "config", "enabled", "description", "rate_limit"})
     return JSON(await runtime(request).channels.create(body), status_code=201)
 
 
@@ -100,19 +104,23 @@ async def test_unsaved(request: Request) -> JSON:
     body = await read_json(request)
     if not isinstance(body, dict):
         raise ApiError(422, "invalid", "the body must be a JSON object with type and config")
+    _refuse_unknown(body, {"name", "type", "config"})
+    name = body.get("name") or "unsaved"
+    if not isinstance(name, str):
+        raise ApiError(422, "invalid", "name must be a string", "name")
     channel_type = channel_type_or_error(body.get("type"))
     settings = validate_settings(channel_type, body.get("config", {}))
     rt = runtime(request)
     channel = LoadedChannel(
         id="unsaved",
-        name=str(body.get("name") or "unsaved"),
+        name=name,
         type=channel_type,
         settings=settings,
         enabled=True,
         limit=channel_type.default_limits,
         secrets=channel_type.secret_values(settings),
     )
-    return JSON(await test_push(rt.http, None, channel))
+    return JSON(await test_push(rt.http, None, channel, rt.vendor_tokens))
 
 
 @router.get("/channels/{ref}", dependencies=[Depends(admin)], summary="One channel")
@@ -143,6 +151,6 @@ async def test_saved(request: Request, ref: str) -> JSON:
     channel = await rt.channels.load(view["id"])
     if channel is None:
         raise ApiError(404, "not_found", f"no channel {ref!r}")
-    result: dict[str, Any] = await test_push(rt.http, rt.limiter, channel)
+    result: dict[str, Any] = await test_push(rt.http, rt.limiter, channel, rt.vendor_tokens)
     await rt.channels.record_test(channel.id, {k: v for k, v in result.items() if k != "request"})
     return JSON(result)

@@ -13,13 +13,27 @@ from msgpush.ids import parse_time
 router = APIRouter()
 
 
+MAX_TIME_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the last time ISO 8601 can say
+
+
 def _time(value: str | None, field: str) -> int | None:
     if value is None:
         return None
     try:
-        return parse_time(value)
+        ms = parse_time(value)
     except ValueError as exc:
-        raise ApiError(422, "invalid", str(exc), field) from None
+        raise ApiError(422, "invalid", f"{field}: {exc}", field) from None
+    except OverflowError:  # inf, -inf
+        ms = MAX_TIME_MS + 1
+    if abs(ms) > MAX_TIME_MS:
+        raise ApiError(
+            422,
+            "invalid",
+            f"{field}: {value!r} is out of range: use a time before the year 10000, "
+            "in ISO 8601 like 2026-01-31T08:00:00Z or epoch seconds",
+            field,
+        )
+    return ms
 
 
 @router.get("/deliveries", dependencies=[Depends(sender)], summary="Delivery history")
