@@ -715,3 +715,19 @@ def test_concurrent_creates_of_one_name_give_one_201_and_the_rest_409(
     assert sorted(statuses) == [201] + [409] * 15, statuses
     assert len(api.get("/channels", params={"q": name}).json()["items"]) == 1
     api.delete(f"/channels/{name}")
+
+
+def test_unknown_query_parameter_is_named(api: httpx.Client) -> None:
+    response = api.get("/deliveries", params={"stauts": "failed"})
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["field"] == "stauts" and "status" in error["message"]
+
+
+def test_last_admin_token_cannot_be_deleted(api: httpx.Client) -> None:
+    admins = [t for t in api.get("/tokens").json()["items"] if t["role"] == "admin"]
+    extra = api.post("/tokens", json={"name": "second admin", "role": "admin"}).json()
+    assert api.delete(f"/tokens/{extra['id']}").status_code == 204
+    if len(admins) == 1:
+        refused = api.delete(f"/tokens/{admins[0]['id']}")
+        assert refused.status_code == 409 and "last admin" in refused.json()["error"]["message"]

@@ -58,6 +58,7 @@ def require(*roles: str) -> Callable[[Request], Awaitable[str]]:
                 403, "forbidden", f"this route needs an admin token; this token's role is {role}"
             )
         _refuse_nul(request)
+        _refuse_unknown_query(request)
         return role
 
     return check
@@ -74,6 +75,24 @@ def _refuse_nul(request: Request) -> None:
         if "\x00" in value or "\x00" in name:
             raise ApiError(
                 422, "invalid", f"{name}: must not contain NUL (\\u0000) characters", name
+            )
+
+
+def _refuse_unknown_query(request: Request) -> None:
+    """A misspelt filter (``?stauts=failed``) would silently answer unfiltered: name it instead."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None:
+        return
+    known = {param.alias for param in dependant.query_params}
+    for name in request.query_params:
+        if name not in known:
+            accepted = ", ".join(sorted(known)) or "none"
+            raise ApiError(
+                422,
+                "invalid",
+                f"{name}: unknown query parameter; this route takes: {accepted}",
+                name,
             )
 
 

@@ -91,12 +91,34 @@ class TokenStore:
             return {"items": [_view(row) for row in rows], "next_cursor": None}
 
     async def delete(self, token_id: str) -> None:
-        async def op(conn: AsyncConnection) -> int:
-            result = await conn.execute(delete(api_tokens).where(api_tokens.c.id == token_id))
-            return int(result.rowcount or 0)
+        async def op(conn: AsyncConnection) -> str:
+            role = (
+                await conn.execute(select(api_tokens.c.role).where(api_tokens.c.id == token_id))
+            ).scalar_one_or_none()
+            if role is None:
+                return "missing"
+            if role == "admin":
+                admins = (
+                    await conn.execute(
+                        select(func.count())
+                        .select_from(api_tokens)
+                        .where(api_tokens.c.role == "admin")
+                    )
+                ).scalar_one()
+                if admins <= 1:
+                    return "last_admin"
+            await conn.execute(delete(api_tokens).where(api_tokens.c.id == token_id))
+            return "deleted"
 
-        if not await self._db.write(op):
+        result = await self._db.write(op)
+        if result == "missing":
             raise not_found("token", token_id)
+        if result == "last_admin":
+            raise ApiError(
+                409,
+                "conflict",
+                "this is the last admin token; create another admin token before deleting it",
+            )
         self._cache.clear()
 
     async def count(self) -> int:
