@@ -11,6 +11,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol
+from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
@@ -226,6 +227,7 @@ class ChannelType(ABC):
                 values.extend(str(v) for v in value.values())
             else:
                 values.append(str(value))
+                values.extend(_url_credentials(str(value)))
         return [v for v in values if len(v) >= 4]
 
     def check(self, settings: ChannelSettings) -> None:  # noqa: B027 - optional hook
@@ -286,6 +288,19 @@ def vendor_outcome(
     except (KeyError, IndexError):
         diagnosis = entry.diagnosis
     return Outcome(entry.kind, diagnosis=diagnosis, retry_after_s=entry.retry_after_s, **vendor)
+
+
+def _url_credentials(value: str) -> list[str]:
+    """The parts of a secret URL that are credentials on their own (a bot's key or token), so
+    that text quoting just the key is scrubbed too."""
+    if not value.startswith(("http://", "https://")):
+        return []
+    parts = urlsplit(value)
+    found = [v for _, v in parse_qsl(parts.query) if len(v) >= 8]
+    found += [s for s in parts.path.split("/") if len(s) >= 16 and not s.isalpha()]
+    if parts.password:
+        found.append(parts.password)
+    return found
 
 
 def http_status_outcome(

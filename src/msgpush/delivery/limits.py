@@ -21,7 +21,7 @@ LONGEST_WINDOW_MS = 3_600_000
 def safety_margin_ms(window_ms: int) -> int:
     """Windows are kept slightly longer than the vendor's, so that jitter in when requests
     arrive there never makes a full window look over-full to the vendor's own counter."""
-    return max(50, window_ms // 100)
+    return max(100, window_ms // 50)
 
 
 class RateLimiter:

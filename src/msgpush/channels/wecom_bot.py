@@ -1,0 +1,433 @@
+"""WeCom (企业微信) group bot webhook: markdown with level colours, or text when @mentions need it."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+from typing import Any, ClassVar, Literal
+from urllib.parse import parse_qs, urlsplit
+
+from pydantic import Field, SecretStr, field_validator
+
+from msgpush.channels.base import (
+    ChannelSettings,
+    ChannelType,
+    Outcome,
+    RateLimit,
+    SendContext,
+    VendorCode,
+    VendorRequest,
+    VendorResponse,
+    http_status_outcome,
+    secret_field,
+    vendor_outcome,
+)
+from msgpush.channels.render import LEVEL_LABELS, TRUNCATION_MARKER, cut_bytes, utf8_len
+from msgpush.message import Level, Message
+
+# The official endpoint; the key in its query string is the bot's only credential (vendors.md §2).
+WECOM_HOST = "qyapi.weixin.qq.com"
+WECOM_BOT_PATH = "/cgi-bin/webhook/send"
+WECOM_BOT_URL = f"https://{WECOM_HOST}{WECOM_BOT_PATH}"
+# A bare key as the bot page shows it inside the URL: UUID-like (vendors.md §2), so a stray word
+# is not mistaken for one.
+BARE_KEY = re.compile(r"(?=.{16,128}$)[A-Za-z0-9]+(?:-[A-Za-z0-9]+){3,}")
+
+# 20 messages a minute per bot; over it WeCom answers 45009 (vendors.md §2, "Rate limit").
+WECOM_BOT_PER_MINUTE = 20
+# A per-minute block clears after one minute (vendors.md §1.2, "Rate limits").
+WECOM_RATE_WINDOW_S = 60.0
+# text.content <= 2048 bytes [doc]; the server was seen enforcing 5120, the documented limit is
+# the safe one (vendors.md §2, "Size limits").
+TEXT_MAX_BYTES = 2048
+# markdown.content and markdown_v2.content <= 4096 bytes (vendors.md §2, "Size limits").
+MARKDOWN_MAX_BYTES = 4096
+# markdown (v1) knows three colours: info (green), comment (grey), warning (orange-red)
+# (vendors.md §2, payload example; WeCom doc 91770).
+LEVEL_COLORS = {
+    Level.info: "comment",
+    Level.success: "info",
+    Level.warning: "warning",
+    Level.error: "warning",
+    Level.critical: "warning",
+}
+# Every errmsg may end in ", hint: [...], from ip: ..., more info at ..." (vendors.md §0).
+ERRMSG_SUFFIX = re.compile(r"[\s,]*(?:hint: ?\[|from ip:|more info at ).*$", re.DOTALL)
+ERROR_LOOKUP_URL = "https://open.work.weixin.qq.com/devtool/query?e={code}"
+# A user id that can sit inside <@...> without ending the tag early.
+MENTIONABLE_ID = re.compile(r"[^\s<>]+")
+# Beyond this, <@id> tags would crowd out the message: such mentions go in a text message.
+MENTION_LINE_MAX_BYTES = 1024
+
+MarkdownVersion = Literal["markdown", "markdown_v2"]
+
+# vendors.md §2 "Responses" table, plus the §1.2 codes a bot can also draw (45002, -1).
+ERRORS: dict[int | str, VendorCode] = {
+    93000: VendorCode(
+        "failed",
+        "WeCom does not know this bot's key ({message}): the bot was removed from its group or "
+        "its webhook address changed. In the group, open Group Bots (群机器人), pick the bot, "
+        "copy its Webhook URL (Webhook地址) and save it as the channel's webhook_url",
+    ),
+    45009: VendorCode(
+        "retry",
+        "WeCom rate-limited this bot ({message}: over 20 messages a minute); will retry after "
+        "its 60 s window. msgpush keeps each channel under the limit, so something else sends "
+        "with the same key (another system, or a second channel with this webhook_url): give "
+        "each sender a bot of its own",
+        retry_after_s=WECOM_RATE_WINDOW_S,
+    ),
+    45033: VendorCode(
+        "retry",
+        "WeCom refused this bot too many concurrent requests ({message}); will retry shortly",
+    ),
+    -1: VendorCode("retry", "WeCom is busy ({message}); will retry"),
+    40008: VendorCode(
+        "failed",
+        "WeCom does not accept the {msgtype} message type ({message}). If markdown_version is "
+        "markdown_v2, this WeCom server (a private deployment or an older version) may not "
+        "know it: set markdown_version to markdown. Otherwise check that webhook_url is a "
+        "WeCom group bot's address",
+    ),
+    40058: VendorCode(
+        "failed",
+        "WeCom rejected a field of the {msgtype} message: {message}. If it names a length: "
+        f"msgpush keeps text within {TEXT_MAX_BYTES} bytes and markdown within "
+        f"{MARKDOWN_MAX_BYTES}, so the server behind webhook_url (a proxy or a private "
+        "deployment) allows less than WeCom documents. Otherwise this server does not accept "
+        "what msgpush sends; please report it with this message",
+    ),
+    45002: VendorCode(
+        "failed",
+        "WeCom says the {msgtype} message is too large ({message}); the server behind "
+        "webhook_url enforces a lower limit than WeCom documents; please report it",
+    ),
+    44004: VendorCode(
+        "failed",
+        "WeCom says the {msgtype} message is empty ({message}); send a title or content",
+    ),
+}
+
+
+def webhook_key(url: str) -> str:
+    """The ``key`` query value of a bot webhook URL ('' when there is none)."""
+    values = parse_qs(urlsplit(url).query).get("key", [])
+    return values[0] if values else ""
+
+
+def normalize_webhook_url(value: str) -> str:
+    """The bot's webhook URL: a bare key becomes the official URL; a URL must carry a key.
+
+    Error texts never repeat the value: it is a credential.
+    """
+    value = value.strip()
+    if BARE_KEY.fullmatch(value):
+        return f"{WECOM_BOT_URL}?key={value}"
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(
+            f"webhook_url must be the bot's Webhook URL ({WECOM_BOT_URL}?key=…) or just its key"
+        )
+    if not webhook_key(value):
+        raise ValueError(
+            "webhook_url has no key: copy the whole Webhook URL, including ?key=…, from the bot"
+        )
+    if parts.hostname == WECOM_HOST:
+        if parts.scheme != "https":
+            raise ValueError(f"webhook_url: use https://{WECOM_HOST} (http would expose the key)")
+        if parts.path != WECOM_BOT_PATH:
+            raise ValueError(f"webhook_url: a WeCom group bot's path is {WECOM_BOT_PATH}")
+    return value
+
+
+class WeComBotSettings(ChannelSettings):
+    webhook_url: SecretStr = secret_field(
+        title="Webhook URL",
+        description=(
+            f"The bot's Webhook URL ({WECOM_BOT_URL}?key=…), or just its key. Any http(s) URL "
+            "with a key works for a proxy or a private deployment. The key is the bot's only "
+            "credential: stored encrypted, read back masked."
+        ),
+    )
+    markdown_version: MarkdownVersion = Field(
+        default="markdown",
+        title="Markdown version",
+        description=(
+            "markdown: level colours and <@userid> mentions. markdown_v2: lists and standard "
+            "markdown content, no colours; messages that @ someone then go as text."
+        ),
+    )
+
+    @field_validator("webhook_url", mode="before")
+    @classmethod
+    def _webhook_url(cls, value: Any) -> Any:
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        return normalize_webhook_url(value) if isinstance(value, str) else value
+
+
+# -- rendering ---------------------------------------------------------------------------------
+
+# WeCom markdown documents no escape character, so the caller's plain text (title, fields, link
+# titles) swaps markup characters for full-width lookalikes rather than relying on backslashes.
+PLAIN_LOOKALIKES = str.maketrans({"*": "＊", "`": "｀", "[": "［", "]": "］"})
+TAG_START = re.compile(r"<(?=[@/A-Za-z!])")
+LINE_BREAKS = re.compile(r"\s*[\r\n]+\s*")
+MD_LINK = re.compile(r"\[([^\]\n]*)\]\(([^)\s]*)\)")
+MD_FONT = re.compile(r"</?font\b[^>]*>", re.IGNORECASE)
+MD_HEADING = re.compile(r"^#{1,6}\s+", re.MULTILINE)
+# <@userid> pings in text and markdown alike (vendors.md §2, "Mentions"); only the caller's
+# content and msgpush's own mention line may carry it, never a title or a field.
+MENTION_TAG = "<@"
+
+
+def escape_plain(text: str) -> str:
+    """Caller text safe inside one line of WeCom markdown: no tags, no markup, no line breaks
+    (which would end the heading or field line it sits in)."""
+    text = LINE_BREAKS.sub(" ", text.strip())
+    return TAG_START.sub("＜", text.translate(PLAIN_LOOKALIKES))
+
+
+def plain_text(text: str) -> str:
+    """Caller text for a text message: it may not ping anyone."""
+    return text.replace(MENTION_TAG, "＜@")
+
+
+def link_target(url: str) -> str:
+    return url.replace(" ", "%20").replace("(", "%28").replace(")", "%29")
+
+
+def markdown_as_text(content: str) -> str:
+    """Markdown content read as plain text: links spelled out, markup removed (<@userid> is
+    kept: it pings in text too)."""
+    content = MD_LINK.sub(lambda m: f"{m[1]} ({m[2]})" if m[1] else m[2], content)
+    content = MD_FONT.sub("", content)
+    content = MD_HEADING.sub("", content)
+    return content.replace("**", "")
+
+
+def fit(head: list[str], content: str, tail: list[str], limit: int, suffix: str = "") -> str:
+    """head, content, tail and suffix joined by blank lines within ``limit`` bytes: the content
+    is cut first; should the rest alone be too big, all but the suffix (the mentions) is cut."""
+    sep = "\n\n"
+    if suffix:
+        limit -= utf8_len(sep + suffix)
+    parts = [*head, content, *tail] if content else [*head, *tail]
+    room = limit - utf8_len(sep.join([*head, "", *tail])) if content else 0
+    if content and room > utf8_len(TRUNCATION_MARKER):
+        body = sep.join([*head, cut_bytes(content, room), *tail])
+    else:
+        body = cut_bytes(sep.join(parts), limit)
+    return sep.join([body, suffix]) if suffix else body
+
+
+def markdown_content(message: Message, version: MarkdownVersion, mention_ids: list[str]) -> str:
+    head: list[str] = []
+    if message.title:
+        head.append(f"### {escape_plain(message.title)}")
+    if message.level is not Level.info:
+        label = f"**{LEVEL_LABELS[message.level]}**"
+        if version == "markdown":
+            label = f'<font color="{LEVEL_COLORS[message.level]}">{label}</font>'
+        head.append(label)
+    # v1 renders each quoted line on its own line and has no lists; v2 has lists
+    field_bullet, link_bullet = ("> ", "") if version == "markdown" else ("- ", "- ")
+    tail: list[str] = []
+    if message.fields:
+        tail.append(
+            "\n".join(
+                f"{field_bullet}**{escape_plain(k)}**: {escape_plain(v)}"
+                for k, v in message.fields.items()
+            )
+        )
+    if message.links:
+        tail.append(
+            "\n".join(
+                f"{link_bullet}[{escape_plain(link.title)}]({link_target(str(link.url))})"
+                for link in message.links
+            )
+        )
+    return fit(head, message.content, tail, MARKDOWN_MAX_BYTES, mention_line(mention_ids))
+
+
+def mention_line(user_ids: list[str]) -> str:
+    return " ".join(f"<@{user_id}>" for user_id in user_ids)
+
+
+def text_content(message: Message) -> str:
+    """The whole message readably as plain text, within the text limit."""
+    title = plain_text(LINE_BREAKS.sub(" ", message.title.strip()))
+    if message.level is not Level.info:
+        title = f"[{message.level.value.upper()}] {title}".strip()
+    content = markdown_as_text(message.content) if message.format == "markdown" else message.content
+    tail: list[str] = []
+    if message.fields:
+        tail.append(
+            "\n".join(f"{plain_text(k)}: {plain_text(v)}" for k, v in message.fields.items())
+        )
+    if message.links:
+        tail.append("\n".join(f"{plain_text(link.title)}: {link.url}" for link in message.links))
+    return fit([title] if title else [], content, tail, TEXT_MAX_BYTES)
+
+
+def plan(message: Message, version: MarkdownVersion) -> tuple[str, dict[str, Any]]:
+    """(msgtype, its body object) for one message.
+
+    @all and mobiles only ping in a text message, and markdown_v2 cannot @ anyone, so a
+    message that @s those goes as text, carrying everything, in the same single request.
+    """
+    mentions = message.mentions
+    user_ids = list(dict.fromkeys(mentions.user_ids))
+    mobiles = list(dict.fromkeys(mentions.mobiles))
+    markdown_can_mention = (
+        version == "markdown"
+        and all(MENTIONABLE_ID.fullmatch(user_id) for user_id in user_ids)
+        and utf8_len(mention_line(user_ids)) <= MENTION_LINE_MAX_BYTES
+    )
+    needs_text = (
+        message.format == "text"
+        or mentions.all
+        or bool(mobiles)
+        or (bool(user_ids) and not markdown_can_mention)
+    )
+    if not needs_text:
+        return version, {"content": markdown_content(message, version, user_ids)}
+    body: dict[str, Any] = {"content": text_content(message)}
+    mentioned = [*user_ids, "@all"] if mentions.all else user_ids
+    if mentioned:
+        body["mentioned_list"] = mentioned
+    if mobiles:
+        body["mentioned_mobile_list"] = mobiles
+    return "text", body
+
+
+# -- the answer --------------------------------------------------------------------------------
+
+
+def clean_errmsg(errmsg: str) -> str:
+    """The errmsg without WeCom's trace suffix (hint, from ip, more info)."""
+    return ERRMSG_SUFFIX.sub("", errmsg).strip() or errmsg.strip()
+
+
+def _errcode(body: Any) -> int | None:
+    if not isinstance(body, dict):
+        return None
+    code = body.get("errcode")
+    if isinstance(code, bool):
+        return None
+    if isinstance(code, int):
+        return code
+    if isinstance(code, str) and re.fullmatch(r"-?\d+", code.strip()):
+        return int(code)
+    return None
+
+
+def not_wecom_outcome(response: VendorResponse) -> Outcome:
+    """An answer without errcode: the URL does not lead to WeCom, or something in between broke."""
+    status = response.status
+    if status in (408, 425, 429) or status >= 500 or 300 <= status < 400:
+        return http_status_outcome(response)
+    excerpt = response.text(200).strip()
+    detail = f": {excerpt}" if excerpt else ""
+    return Outcome.failed(
+        f"the answer (HTTP {status}) is not WeCom's errcode/errmsg JSON{detail}; delivery is "
+        f"not confirmed. Check that webhook_url is the bot's address (…{WECOM_BOT_PATH}?key=…) "
+        "or a proxy that passes WeCom's answer through",
+        status_code=status,
+    )
+
+
+class WeComBotChannel(ChannelType):
+    type_id = "wecom_bot"
+    name = "WeCom Bot"
+    description = (
+        "A WeCom (企业微信) group bot: markdown with level colours, fields and links; "
+        "@mentions by user id, mobile or @all."
+    )
+    settings_model = WeComBotSettings
+    formats = ("markdown", "text")
+    default_limits = RateLimit(per_minute=WECOM_BOT_PER_MINUTE)
+    size_limits: ClassVar[dict[str, int]] = {
+        "text": TEXT_MAX_BYTES,
+        "markdown": MARKDOWN_MAX_BYTES,
+        "markdown_v2": MARKDOWN_MAX_BYTES,
+    }
+
+    @classmethod
+    def secret_values(cls, settings: ChannelSettings) -> list[str]:
+        """The whole URL and the key alone, so text quoting only the key is scrubbed too."""
+        values = super().secret_values(settings)
+        if isinstance(settings, WeComBotSettings):
+            url = settings.webhook_url.get_secret_value()
+            values += [v for v in (webhook_key(url), _raw_key(url)) if len(v) >= 4]
+        return list(dict.fromkeys(values))
+
+    def render(
+        self, message: Message, settings: WeComBotSettings, ctx: SendContext
+    ) -> VendorRequest:
+        return _request(message, settings)[1]
+
+    def classify(self, response: VendorResponse, msgtype: str = "bot") -> Outcome:
+        body = response.json()
+        code = _errcode(body)
+        if code is None:
+            return not_wecom_outcome(response)
+        raw = str(body.get("errmsg", ""))
+        if code == 0:
+            return Outcome.delivered(
+                status_code=response.status, vendor_code="0", vendor_message=raw
+            )
+        message = clean_errmsg(raw)
+        if code in ERRORS or response.status >= 500:
+            outcome = vendor_outcome(
+                code, message, ERRORS, status_code=response.status, msgtype=msgtype
+            )
+        else:
+            outcome = Outcome.failed(
+                f"WeCom error {code}: {message}. msgpush does not know this code; look it up at "
+                + ERROR_LOOKUP_URL.format(code=code),
+                status_code=response.status,
+                vendor_code=str(code),
+            )
+        # the full errmsg stays on record: its hint is what WeCom support asks for
+        return replace(outcome, vendor_message=raw)
+
+    async def send(self, message: Message, settings: Any, ctx: SendContext) -> Outcome:
+        msgtype, request = _request(message, settings)
+        warning = _mention_warning(message)
+
+        def classify(response: VendorResponse) -> Outcome:
+            outcome = self.classify(response, msgtype)
+            if warning and outcome.kind == "delivered":
+                outcome = replace(outcome, warning=warning)
+            return outcome
+
+        return await ctx.exchange(request, classify)
+
+
+def _request(message: Message, settings: WeComBotSettings) -> tuple[str, VendorRequest]:
+    msgtype, body = plan(message, settings.markdown_version)
+    url = settings.webhook_url.get_secret_value()
+    return msgtype, VendorRequest.json(url, {"msgtype": msgtype, msgtype: body})
+
+
+def _raw_key(url: str) -> str:
+    """The key as written in the URL (still percent-encoded, if it was)."""
+    for piece in urlsplit(url).query.split("&"):
+        name, _, value = piece.partition("=")
+        if name == "key":
+            return value
+    return ""
+
+
+def _mention_warning(message: Message) -> str | None:
+    if message.mentions.emails:
+        return (
+            "a WeCom bot cannot @ people by email; these were not mentioned: "
+            + ", ".join(message.mentions.emails)
+            + ". Use mentions.user_ids (WeCom user ids) or mentions.mobiles"
+        )
+    return None
+
+
+CHANNEL_TYPE = WeComBotChannel()
