@@ -19,7 +19,8 @@ def test_backoff_grows_exponentially_with_jitter_and_is_capped() -> None:
         assert all(ceiling / 2 <= s <= ceiling for s in samples)
         assert statistics.pstdev(samples) > 0  # jittered, so retries of a burst spread out
     assert policy.delay_s(3, retry_after_s=7) == 7
-    assert policy.delay_s(3, retry_after_s=7200) == 60
+    assert policy.delay_s(3, retry_after_s=600) == 600  # a vendor's throttle outlasts the cap
+    assert policy.delay_s(3, retry_after_s=10**9) == 3600  # but never past the age limit
 
 
 def test_rate_limit_lowered_never_raised() -> None:

@@ -53,9 +53,11 @@ class RetryPolicy:
     max_age_s: float
 
     def delay_s(self, attempt: int, retry_after_s: float | None = None) -> float:
-        """Exponential backoff with jitter (half fixed, half random) or the vendor's Retry-After."""
+        """Exponential backoff with jitter (half fixed, half random), or the vendor's own wait
+        (Retry-After, a throttle's length), which is honoured even beyond the backoff cap:
+        retrying sooner only draws the same refusal."""
         if retry_after_s is not None:
-            return min(self.max_delay_s, max(retry_after_s, 0.0))
+            return min(self.max_age_s, max(retry_after_s, 0.0))
         ceiling = min(self.max_delay_s, self.base_s * 2 ** (attempt - 1))
         return float(ceiling / 2 + random.uniform(0, ceiling / 2))
 
