@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -412,7 +413,6 @@ PERMANENT = [
     (44004, "empty content", "empty"),
 ]
 RETRYABLE = [
-    (45009, "api freq out of limit", "rate-limited"),
     (45033, "api concurrent out of limit", "concurrent"),
     (-1, "system busy", "busy"),
 ]
@@ -448,6 +448,22 @@ def test_retryable_codes_retry_then_deliver(
     assert expected in first["diagnosis"] and "hint" not in first["diagnosis"]
     assert second["outcome"] == "delivered"
     assert len(bot.messages_for(key)) == 1
+
+
+def test_rate_limit_answer_waits_out_the_vendor_window(
+    api: httpx.Client, bot: FakeWeComBot, unique: str
+) -> None:
+    """45009: retrying sooner only draws the same refusal, so the next try is a window later."""
+    key = channel_for(api, bot, f"wb-45009-{unique}")
+    bot.fail_next(45009, "api freq out of limit", key=key)
+    delivery_id = send(api, [f"wb-45009-{unique}"])["deliveries"][0]["id"]
+    final = wait_delivery(api, delivery_id, statuses=("retrying",))
+    [attempt] = final["attempt_log"]
+    assert (attempt["outcome"], attempt["vendor_code"]) == ("retry", "45009")
+    assert "rate-limited" in attempt["diagnosis"] and "hint" not in attempt["diagnosis"]
+    started = datetime.fromisoformat(attempt["started_at"].replace("Z", "+00:00"))
+    retry_at = datetime.fromisoformat(final["next_attempt_at"].replace("Z", "+00:00"))
+    assert 59 <= (retry_at - started).total_seconds() <= 62
 
 
 def test_peers_D2_deleted_bot_is_failed_not_delivered(

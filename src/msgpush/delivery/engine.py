@@ -25,7 +25,7 @@ from msgpush import metrics
 from msgpush.channel_service import ChannelService, LoadedChannel
 from msgpush.channels.base import Outcome, SendContext, TokenFetchFailed, TokenSource
 from msgpush.delivery.http import HttpClient, Transcript
-from msgpush.delivery.limits import RateLimiter
+from msgpush.delivery.limits import LocalPacer, RateLimiter
 from msgpush.ids import new_id, now_ms
 from msgpush.message import Category, Level, Message
 from msgpush.redact import scrub
@@ -79,6 +79,7 @@ class Engine:
         self._limiter = limiter
         self._http = http
         self._tokens = tokens
+        self._pacer = LocalPacer(settings.rate_window_scale)
         self.policy = RetryPolicy(
             settings.retry_base_s,
             settings.retry_max_delay_s,
@@ -204,6 +205,7 @@ class Engine:
                 await self._queue.defer(claimed.id, self.owner, now_ms() + wait_ms)
                 self._wake_at(wait_ms)
                 return
+            await self._pacer.wait_turn(channel.id, channel.limit)
             payload, _event_id, created_at = stored
             message = Message.model_validate_json(payload)
             await self._attempt(claimed, channel, message, created_at, number, started)

@@ -7,6 +7,10 @@ delivery is dropped and no vendor rate-limit error is drawn.
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections import defaultdict, deque
+
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -78,3 +82,41 @@ class RateLimiter:
             await conn.execute(delete(rate_events).where(rate_events.c.at_ms < cutoff))
 
         await self._db.write(op)
+
+
+class LocalPacer:
+    """Spaces this process's sends to a channel by when they actually leave.
+
+    The database log stamps a slot when it is granted, which can be a commit's latency before
+    the request goes out; two groups of sends granted a window apart can then leave closer than
+    a window apart. The pacer keeps the real departure times and holds a send until its window
+    has room, so the vendor, counting arrivals, never sees more than the limit.
+    """
+
+    def __init__(self, window_scale: float = 1.0) -> None:
+        self._scale = window_scale
+        self._sent: dict[str, deque[float]] = defaultdict(deque)
+        self._locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    async def wait_turn(self, channel_id: str, limit: RateLimit) -> None:
+        windows = [
+            (full_ms * self._scale / 1000 * 1.05 + 0.02, most) for full_ms, most in limit.windows()
+        ]
+        if not windows:
+            return
+        longest = max(length for length, _ in windows)
+        async with self._locks[channel_id]:
+            sent = self._sent[channel_id]
+            while True:
+                now = time.monotonic()
+                while sent and sent[0] <= now - longest:
+                    sent.popleft()
+                wait = 0.0
+                for length, most in windows:
+                    inside = [at for at in sent if at > now - length]
+                    if len(inside) >= most:
+                        wait = max(wait, inside[len(inside) - most] + length - now)
+                if wait <= 0:
+                    sent.append(now)
+                    return
+                await asyncio.sleep(wait)
