@@ -86,3 +86,33 @@ def test_secrets_are_write_only_masked_scrubbed_and_encrypted(
         data = b"".join(p.read_bytes() for p in server.data_dir.glob("msgpush.db*") if p.is_file())
         assert SIGNING.encode() not in data and HEADER_SECRET.encode() not in data
         assert name.encode() in data  # (the search itself works)
+
+
+def test_secret_edits_keep_merge_and_clear(
+    api: httpx.Client, receiver: Receiver, unique: str
+) -> None:
+    name = f"sec-edit-{unique}"
+    make_webhook(
+        api,
+        name,
+        receiver.url(f"/sec-edit/{unique}"),
+        signing_secret=SIGNING,
+        headers={"Authorization": HEADER_SECRET, "X-Env": "prod-key-123"},
+    )
+    # one header changed, the other sent back masked: it keeps its stored value
+    api.patch(
+        f"/channels/{name}",
+        json={"config": {"headers": {"Authorization": "••••", "X-Env": "staging"}}},
+    )
+    send(api, [name])
+    [request] = receiver.wait_for(f"/sec-edit/{unique}", 1)
+    assert (
+        request.headers["Authorization"] == HEADER_SECRET and request.headers["X-Env"] == "staging"
+    )
+    # Test Push of unsaved edits on a saved channel keeps the stored secret, records nothing
+    tested = api.post(f"/channels/{name}/test", json={"config": {"timeout_s": 3}})
+    assert tested.status_code == 200 and tested.json()["ok"] is True
+    assert api.get(f"/channels/{name}").json()["last_test"] is None
+    # null clears a stored secret
+    cleared = api.patch(f"/channels/{name}", json={"config": {"signing_secret": None}})
+    assert "signing_secret" not in cleared.json()["config"]

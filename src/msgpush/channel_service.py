@@ -174,11 +174,12 @@ class ChannelService:
         if type_id:
             statement = statement.where(channels.c.type == type_id)
         if q:
-            pattern = f"%{q.lower()}%"
+            literal = q.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            pattern = f"%{literal}%"
             statement = statement.where(
                 or_(
-                    func.lower(channels.c.name).like(pattern),
-                    func.lower(channels.c.description).like(pattern),
+                    func.lower(channels.c.name).like(pattern, escape="\\"),
+                    func.lower(channels.c.description).like(pattern, escape="\\"),
                 )
             )
         if cursor:
@@ -252,13 +253,7 @@ class ChannelService:
             incoming = body["config"]
             if not isinstance(incoming, dict):
                 raise ApiError(422, "invalid", "config must be an object", "config")
-            merged = {**orjson.loads(row.config), **self._box.open(row.secrets)}
-            secret_names = set(channel_type.secret_fields())
-            for key, value in incoming.items():
-                if key in secret_names and (value in ("", None) or is_masked(value)):
-                    continue  # a secret left empty (or sent back masked) keeps its stored value
-                merged[key] = value
-            settings = validate_settings(channel_type, merged)
+            settings = self._merged_settings(channel_type, row, incoming)
             public, secret = channel_type.split(settings)
             values["config"] = orjson.dumps(public).decode()
             values["secrets"] = self._box.seal(secret)
@@ -274,6 +269,42 @@ class ChannelService:
             ) from None
         self._forget()
         return await self.get(row.id)
+
+    def _merged_settings(
+        self, channel_type: ChannelType, row: Any, incoming: dict[str, Any]
+    ) -> ChannelSettings:
+        """Stored settings overlaid with ``incoming``, secrets write-only: a secret sent empty or
+        masked keeps its stored value, ``null`` clears it; a secret object (headers) merges
+        key by key the same way."""
+        merged = {**orjson.loads(row.config), **self._box.open(row.secrets)}
+        secret_names = set(channel_type.secret_fields())
+        for key, value in incoming.items():
+            if key not in secret_names:
+                merged[key] = value
+            elif value is None:
+                merged.pop(key, None)
+            elif isinstance(value, dict) and isinstance(merged.get(key), dict):
+                stored = merged[key]
+                merged[key] = {
+                    name: stored[name]
+                    if (item == "" or is_masked(item)) and name in stored
+                    else item
+                    for name, item in value.items()
+                }
+            elif value != "" and not is_masked(value):
+                merged[key] = value
+        return validate_settings(channel_type, merged)
+
+    async def preview(self, ref: str, config: dict[str, Any]) -> LoadedChannel:
+        """The saved channel with unsaved changes to its settings (for Test Push while editing)."""
+        async with self._db.read() as conn:
+            row = await self._row(conn, ref)
+        channel_type = channel_type_or_error(row.type)
+        loaded = self.build(row)
+        settings = self._merged_settings(channel_type, row, config)
+        loaded.settings = settings
+        loaded.secrets = channel_type.secret_values(settings)
+        return loaded
 
     async def delete(self, ref: str) -> None:
         async with self._db.read() as conn:

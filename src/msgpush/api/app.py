@@ -86,6 +86,17 @@ def too_large(max_bytes: int) -> ApiError:
     )
 
 
+# The console's files carry no version in their names: browsers must check them after an upgrade.
+REVALIDATE = {"Cache-Control": "no-cache"}
+
+
+class RevalidatedStaticFiles(StaticFiles):
+    def file_response(self, *args: Any, **kwargs: Any) -> Response:
+        response = super().file_response(*args, **kwargs)
+        response.headers.update(REVALIDATE)
+        return response
+
+
 def create_app(settings: Settings | None = None, *, worker: bool = True) -> FastAPI:
     settings = settings or Settings()
 
@@ -177,9 +188,11 @@ def create_app(settings: Settings | None = None, *, worker: bool = True) -> Fast
 
     @app.get("/", include_in_schema=False)
     async def console() -> HTMLResponse:
-        return HTMLResponse((web_dir / "index.html").read_text(encoding="utf-8"))
+        return HTMLResponse(
+            (web_dir / "index.html").read_text(encoding="utf-8"), headers=REVALIDATE
+        )
 
-    app.mount("/static", StaticFiles(directory=str(web_dir)), name="static")
+    app.mount("/static", RevalidatedStaticFiles(directory=str(web_dir)), name="static")
 
     original_openapi = app.openapi
 

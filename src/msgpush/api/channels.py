@@ -144,13 +144,36 @@ async def delete_channel(request: Request, ref: str) -> Response:
     return Response(status_code=204)
 
 
-@router.post("/channels/{ref}/test", dependencies=[Depends(admin)], summary="Test Push a channel")
+@router.post(
+    "/channels/{ref}/test",
+    dependencies=[Depends(admin)],
+    summary="Test Push a channel",
+    description=(
+        "An empty body tests the saved settings, and the result becomes the channel's last test. "
+        'A body {"config": {...}} tests unsaved edits on top of them (secrets left empty or masked '
+        "keep their stored values) without recording a last test."
+    ),
+)
 async def test_saved(request: Request, ref: str) -> JSON:
     rt = runtime(request)
     view = await rt.channels.get(ref)
-    channel = await rt.channels.load(view["id"])
+    edits = None
+    if (await request.body()).strip():
+        body = await read_json(request)
+        if not isinstance(body, dict) or set(body) - {"config"}:
+            raise ApiError(422, "invalid", 'the body must be empty or {"config": {...}}', "config")
+        edits = body.get("config")
+        if edits is not None and not isinstance(edits, dict):
+            raise ApiError(422, "invalid", "config must be an object", "config")
+    channel = (
+        await rt.channels.preview(view["id"], edits)
+        if edits is not None
+        else await rt.channels.load(view["id"])
+    )
     if channel is None:
         raise ApiError(404, "not_found", f"no channel {ref!r}")
     result: dict[str, Any] = await test_push(rt.http, rt.limiter, channel, rt.vendor_tokens)
-    await rt.channels.record_test(channel.id, {k: v for k, v in result.items() if k != "request"})
+    if edits is None:
+        summary = {k: v for k, v in result.items() if k != "request"}
+        await rt.channels.record_test(channel.id, summary)
     return JSON(result)

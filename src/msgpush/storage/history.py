@@ -17,7 +17,7 @@ STATUSES = ("queued", "sending", "retrying", "delivered", "failed", "cancelled")
 
 
 def delivery_view(row: Any) -> dict[str, Any]:
-    return {
+    view = {
         "id": row.id,
         "message_id": row.message_id,
         "channel_id": row.channel_id,
@@ -34,6 +34,12 @@ def delivery_view(row: Any) -> dict[str, Any]:
         "error": row.last_error,
         "warning": row.warning,
     }
+    payload = getattr(row, "payload", None)
+    if payload is not None:  # listings carry what the message was about
+        message = orjson.loads(payload)
+        view["title"] = message.get("title", "")
+        view["level"] = message.get("level", "info")
+    return view
 
 
 def attempt_view(row: Any) -> dict[str, Any]:
@@ -67,7 +73,12 @@ class History:
         cursor: str | None = None,
         limit: int = 50,
     ) -> dict[str, Any]:
-        statement = select(deliveries).order_by(deliveries.c.id.desc()).limit(limit + 1)
+        statement = (
+            select(deliveries, messages.c.payload)
+            .outerjoin(messages, messages.c.id == deliveries.c.message_id)
+            .order_by(deliveries.c.id.desc())
+            .limit(limit + 1)
+        )
         if channel:
             statement = statement.where(
                 or_(deliveries.c.channel_id == channel, deliveries.c.channel_name == channel)
