@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
@@ -16,6 +17,17 @@ SENSITIVE_HEADERS = {
     "x-acs-dingtalk-access-token",
     "x-api-key",
 }
+
+
+# Token endpoints answer with the token in the body; a stored transcript must not keep it.
+_TOKEN_FIELDS = re.compile(
+    r'("(?:access_token|accessToken|tenant_access_token|app_access_token|refresh_token)"\s*:\s*)"[^"]*"'
+)
+
+
+def scrub_tokens(text: str) -> str:
+    """Mask access-token fields in a JSON text."""
+    return _TOKEN_FIELDS.sub(lambda m: f'{m.group(1)}"{MASK}"', text)
 
 
 def scrub(text: str, secrets: Iterable[str]) -> str:

@@ -7,6 +7,7 @@ answer*; the delivery engine decides *when* and *how often*. Sending goes throug
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -89,6 +90,11 @@ class Exchanger(Protocol):
     async def __call__(
         self, request: VendorRequest, classify: Callable[[VendorResponse], Outcome]
     ) -> Outcome: ...
+
+
+def token_key(*parts: str) -> str:
+    """A key for the token cache naming a set of credentials without revealing them."""
+    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -23,15 +23,14 @@ from msgpush.channels.base import (
     secret_field,
     vendor_outcome,
 )
-from msgpush.channels.render import (
-    LEVEL_LABELS,
-    cut_bytes,
-    cut_chars,
-    ensure_keyword,
-    markdown_body,
-    text_body,
-    utf8_len,
+from msgpush.channels.dingtalk_common import (
+    fit,
+    gateway_block,
+    keep_line_breaks,
+    list_title,
+    markdown_text,
 )
+from msgpush.channels.render import ensure_keyword, text_body
 from msgpush.channels.signing import hmac_sha256_b64
 from msgpush.ids import now_ms
 from msgpush.message import Format, Link, Mentions, Message
@@ -50,8 +49,6 @@ BODY_MARGIN_BYTES = 100
 MAX_MENTIONS = 50
 # vendors.md §6 "Security": at most 10 keywords per robot
 MAX_KEYWORDS = 10
-# ours: the conversation-list title is a one-line preview (DingTalk states no limit)
-LIST_TITLE_CHARS = 64
 # vendors.md §6 responses: all security failures share this code; errmsg says which check failed
 SECURITY_CODE = 310000
 JSON_HEADERS = {"Content-Type": "application/json; charset=utf-8"}
@@ -191,13 +188,6 @@ SECURITY_ERRORS = {
     ),
 }
 _IP_IN_MESSAGE = re.compile(r"ip\s+([0-9A-Fa-f.:]+)\s+not in whitelist", re.IGNORECASE)
-# characters of plain text that DingTalk markdown would read as markup (title, fields, link titles)
-_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]])")
-# emphasis and code marks, dropped from the first content line when it becomes the list title
-_LINE_MARKUP = re.compile(r"[*`]")
-# DingTalk markdown joins single lines unless they end in two spaces (its docs advise "  \n");
-# blank lines already separate paragraphs
-_SOFT_BREAK = re.compile(r"(?<![\n ])\n(?!\n)")
 
 
 class DingTalkBotSettings(ChannelSettings):
@@ -311,10 +301,6 @@ class Rendered:
     warnings: tuple[str, ...] = ()
 
 
-def escape_markdown(text: str) -> str:
-    return _MARKDOWN_SPECIAL.sub(r"\\\1", " ".join(text.splitlines()))
-
-
 def mention_targets(mentions: Mentions) -> tuple[list[str], list[str], list[str]]:
     """(mobiles, user ids, warnings): the people DingTalk can @, at most 50 of them."""
     mobiles = _unique(mentions.mobiles)
@@ -338,34 +324,6 @@ def mention_targets(mentions: Mentions) -> tuple[list[str], list[str], list[str]
 
 def _unique(values: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(v.strip() for v in values if v.strip()))
-
-
-def list_title(message: Message) -> str:
-    """The one line DingTalk shows in the conversation list and the notification."""
-    lines = (
-        _LINE_MARKUP.sub("", line).lstrip("#>- ").strip() for line in message.content.splitlines()
-    )
-    source = message.title or next((line for line in lines if line), "")
-    return cut_chars(" ".join(source.split()) or LEVEL_LABELS[message.level], LIST_TITLE_CHARS)
-
-
-def markdown_text(message: Message, content: str, *, with_links: bool) -> str:
-    if content.count("```") % 2:  # close a fence left open (or cut open) before our own parts
-        content += "\n```"
-    base = message.model_copy(update={"content": content, "fields": {}, "links": []})
-    parts = [markdown_body(base, escape=escape_markdown)]
-    if message.fields:
-        parts.append(
-            "\n".join(
-                f"- **{escape_markdown(k)}**: {escape_markdown(v)}"
-                for k, v in message.fields.items()
-            )
-        )
-    if with_links and message.links:
-        parts.append(
-            "\n".join(f"- [{escape_markdown(link.title)}]({link.url})" for link in message.links)
-        )
-    return "\n\n".join(part for part in parts if part)
 
 
 def compose(message: Message, settings: DingTalkBotSettings, msg_uuid: str) -> Rendered:
@@ -398,16 +356,16 @@ def compose(message: Message, settings: DingTalkBotSettings, msg_uuid: str) -> R
             return ensure_keyword(text, keywords)
         if ensure_keyword(text, keywords) != text:
             text = f"[{keywords[0]}]\n\n{text}"  # a line of its own keeps a heading below it
-        return _SOFT_BREAK.sub("  \n", text)
+        return keep_line_breaks(text)
 
     def encode(text: str) -> bytes:
         return orjson.dumps(_payload(kind, title, finish(text), message.links, at, msg_uuid))
 
     budget = BODY_LIMIT_BYTES - BODY_MARGIN_BYTES
     # cut the content first, so title, fields, buttons and mentions survive a long message
-    content, body = _fit(lambda c: encode(body_text(c)), message.content, budget)
+    content, body = fit(lambda c: encode(body_text(c)), message.content, budget)
     if len(body) > budget:
-        _, body = _fit(encode, body_text(content), budget)
+        _, body = fit(encode, body_text(content), budget)
     return Rendered(orjson.loads(body), body, tuple(warnings))
 
 
@@ -437,29 +395,6 @@ def _payload(
     # DingTalk's idempotency key: a retry after a lost answer is not posted twice
     data["msgUuid"] = msg_uuid
     return data
-
-
-def _fit(encode: Callable[[str], bytes], text: str, budget: int) -> tuple[str, bytes]:
-    """The longest cut of ``text`` whose encoded body fits ``budget`` bytes (else the shortest).
-
-    A binary search over the cut, since escaping and line breaks make the body grow faster
-    than the text.
-    """
-    body = encode(text)
-    if len(body) <= budget:
-        return text, body
-    low, high = 0, utf8_len(text) - 1
-    best = cut_bytes(text, 0)
-    best_body = encode(best)
-    while low <= high:
-        middle = (low + high) // 2
-        candidate = cut_bytes(text, middle)
-        candidate_body = encode(candidate)
-        if len(candidate_body) <= budget:
-            best, best_body, low = candidate, candidate_body, middle + 1
-        else:
-            high = middle - 1
-    return best, best_body
 
 
 # -- reading the answer ----------------------------------------------------------------------
@@ -508,16 +443,9 @@ def _security_entry(
 
 def _without_errcode(response: VendorResponse, data: Any) -> Outcome:
     status = response.status
-    if isinstance(data, dict) and data.get("punish"):
-        # DingTalk's gateway blocks a calling IP for a few minutes: {"wait": 5, "punish": "deny"}
-        wait = data.get("wait")
-        minutes = float(wait) if isinstance(wait, int | float) else 5.0
-        return Outcome.retry(
-            f"DingTalk's gateway is blocking this server's IP for {minutes:g} minutes (too many "
-            "calls from it); retrying after that",
-            status_code=status,
-            retry_after_s=minutes * 60,
-        )
+    blocked = gateway_block(data, status)
+    if blocked is not None:
+        return blocked
     excerpt = response.text(200).strip()
     if status in (408, 429) or status >= 500:
         return Outcome.retry(

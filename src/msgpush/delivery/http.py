@@ -16,7 +16,7 @@ import aiohttp
 import orjson
 
 from msgpush.channels.base import Exchanger, Outcome, VendorRequest, VendorResponse
-from msgpush.redact import redact_headers, redact_url, scrub
+from msgpush.redact import redact_headers, redact_url, scrub, scrub_tokens
 
 MAX_RESPONSE_BYTES = 256 * 1024
 TRANSCRIPT_BODY_CHARS = 16_000
@@ -34,7 +34,9 @@ class Transcript:
     def add(
         self, request: VendorRequest, response: VendorResponse | None, error: str | None
     ) -> None:
-        body = scrub(request.body[:TRANSCRIPT_BODY_CHARS].decode("utf-8", "replace"), self.secrets)
+        body = scrub_tokens(
+            scrub(request.body[:TRANSCRIPT_BODY_CHARS].decode("utf-8", "replace"), self.secrets)
+        )
         entry: dict[str, Any] = {
             "method": request.method,
             "url": redact_url(request.url, self.secrets),
@@ -43,7 +45,7 @@ class Transcript:
         }
         if response is not None:
             entry["status"] = response.status
-            entry["response"] = scrub(response.text(2_000), self.secrets)
+            entry["response"] = scrub_tokens(scrub(response.text(2_000), self.secrets))
             self.last_status = response.status
         if error:
             entry["error"] = scrub(error, self.secrets)

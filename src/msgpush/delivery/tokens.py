@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
-import hashlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import IO
@@ -14,7 +13,7 @@ from typing import IO
 from sqlalchemy import delete, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from msgpush.channels.base import FetchedToken
+from msgpush.channels.base import FetchedToken, token_key
 from msgpush.ids import now_ms
 from msgpush.metrics import TOKEN_FETCHES
 from msgpush.secretbox import SecretBox
@@ -25,16 +24,13 @@ from msgpush.storage.schema import vendor_tokens
 # flight (WeCom and DingTalk issue 7200 s tokens; Feishu's official SDK keeps a 600 s margin).
 REFRESH_MARGIN_MS = 600_000
 
+__all__ = ["REFRESH_MARGIN_MS", "TokenCache", "token_key"]  # token_key re-exported
+
 
 def _locked(path: Path) -> IO[bytes]:
     handle = path.open("ab")
     fcntl.flock(handle, fcntl.LOCK_EX)
     return handle
-
-
-def token_key(*parts: str) -> str:
-    """A cache key for a set of credentials that does not reveal them."""
-    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()
 
 
 class TokenCache:
