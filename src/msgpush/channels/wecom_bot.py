@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import replace
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
 
 from pydantic import Field, SecretStr, field_validator
@@ -22,8 +22,19 @@ from msgpush.channels.base import (
     secret_field,
     vendor_outcome,
 )
-from msgpush.channels.render import LEVEL_LABELS, TRUNCATION_MARKER, cut_bytes, utf8_len
-from msgpush.message import Level, Message
+from msgpush.channels.render import utf8_len
+from msgpush.channels.wecom_common import (
+    ERROR_LOOKUP_URL,
+    TEXT_MAX_BYTES,
+    WECOM_RATE_WINDOW_S,
+    MarkdownVersion,
+    clean_errmsg,
+    markdown_content,
+    mention_line,
+    text_content,
+)
+from msgpush.channels.wecom_common import errcode as _errcode
+from msgpush.message import Message
 
 # The official endpoint; the key in its query string is the bot's only credential (vendors.md §2).
 WECOM_HOST = "qyapi.weixin.qq.com"
@@ -35,31 +46,12 @@ BARE_KEY = re.compile(r"(?=.{16,128}$)[A-Za-z0-9]+(?:-[A-Za-z0-9]+){3,}")
 
 # 20 messages a minute per bot; over it WeCom answers 45009 (vendors.md §2, "Rate limit").
 WECOM_BOT_PER_MINUTE = 20
-# A per-minute block clears after one minute (vendors.md §1.2, "Rate limits").
-WECOM_RATE_WINDOW_S = 60.0
-# text.content <= 2048 bytes [doc]; the server was seen enforcing 5120, the documented limit is
-# the safe one (vendors.md §2, "Size limits").
-TEXT_MAX_BYTES = 2048
 # markdown.content and markdown_v2.content <= 4096 bytes (vendors.md §2, "Size limits").
 MARKDOWN_MAX_BYTES = 4096
-# markdown (v1) knows three colours: info (green), comment (grey), warning (orange-red)
-# (vendors.md §2, payload example; WeCom doc 91770).
-LEVEL_COLORS = {
-    Level.info: "comment",
-    Level.success: "info",
-    Level.warning: "warning",
-    Level.error: "warning",
-    Level.critical: "warning",
-}
-# Every errmsg may end in ", hint: [...], from ip: ..., more info at ..." (vendors.md §0).
-ERRMSG_SUFFIX = re.compile(r"[\s,]*(?:hint: ?\[|from ip:|more info at ).*$", re.DOTALL)
-ERROR_LOOKUP_URL = "https://open.work.weixin.qq.com/devtool/query?e={code}"
 # A user id that can sit inside <@...> without ending the tag early.
 MENTIONABLE_ID = re.compile(r"[^\s<>]+")
 # Beyond this, <@id> tags would crowd out the message: such mentions go in a text message.
 MENTION_LINE_MAX_BYTES = 1024
-
-MarkdownVersion = Literal["markdown", "markdown_v2"]
 
 # vendors.md §2 "Responses" table, plus the §1.2 codes a bot can also draw (45002, -1).
 ERRORS: dict[int | str, VendorCode] = {
@@ -168,107 +160,6 @@ class WeComBotSettings(ChannelSettings):
 
 # -- rendering ---------------------------------------------------------------------------------
 
-# WeCom markdown documents no escape character, so the caller's plain text (title, fields, link
-# titles) swaps markup characters for full-width lookalikes rather than relying on backslashes.
-PLAIN_LOOKALIKES = str.maketrans({"*": "＊", "`": "｀", "[": "［", "]": "］"})
-TAG_START = re.compile(r"<(?=[@/A-Za-z!])")
-LINE_BREAKS = re.compile(r"\s*[\r\n]+\s*")
-MD_LINK = re.compile(r"\[([^\]\n]*)\]\(([^)\s]*)\)")
-MD_FONT = re.compile(r"</?font\b[^>]*>", re.IGNORECASE)
-MD_HEADING = re.compile(r"^#{1,6}\s+", re.MULTILINE)
-# <@userid> pings in text and markdown alike (vendors.md §2, "Mentions"); only the caller's
-# content and msgpush's own mention line may carry it, never a title or a field.
-MENTION_TAG = "<@"
-
-
-def escape_plain(text: str) -> str:
-    """Caller text safe inside one line of WeCom markdown: no tags, no markup, no line breaks
-    (which would end the heading or field line it sits in)."""
-    text = LINE_BREAKS.sub(" ", text.strip())
-    return TAG_START.sub("＜", text.translate(PLAIN_LOOKALIKES))
-
-
-def plain_text(text: str) -> str:
-    """Caller text for a text message: it may not ping anyone."""
-    return text.replace(MENTION_TAG, "＜@")
-
-
-def link_target(url: str) -> str:
-    return url.replace(" ", "%20").replace("(", "%28").replace(")", "%29")
-
-
-def markdown_as_text(content: str) -> str:
-    """Markdown content read as plain text: links spelled out, markup removed (<@userid> is
-    kept: it pings in text too)."""
-    content = MD_LINK.sub(lambda m: f"{m[1]} ({m[2]})" if m[1] else m[2], content)
-    content = MD_FONT.sub("", content)
-    content = MD_HEADING.sub("", content)
-    return content.replace("**", "")
-
-
-def fit(head: list[str], content: str, tail: list[str], limit: int, suffix: str = "") -> str:
-    """head, content, tail and suffix joined by blank lines within ``limit`` bytes: the content
-    is cut first; should the rest alone be too big, all but the suffix (the mentions) is cut."""
-    sep = "\n\n"
-    if suffix:
-        limit -= utf8_len(sep + suffix)
-    parts = [*head, content, *tail] if content else [*head, *tail]
-    room = limit - utf8_len(sep.join([*head, "", *tail])) if content else 0
-    if content and room > utf8_len(TRUNCATION_MARKER):
-        body = sep.join([*head, cut_bytes(content, room), *tail])
-    else:
-        body = cut_bytes(sep.join(parts), limit)
-    return sep.join([body, suffix]) if suffix else body
-
-
-def markdown_content(message: Message, version: MarkdownVersion, mention_ids: list[str]) -> str:
-    head: list[str] = []
-    if message.title:
-        head.append(f"### {escape_plain(message.title)}")
-    if message.level is not Level.info:
-        label = f"**{LEVEL_LABELS[message.level]}**"
-        if version == "markdown":
-            label = f'<font color="{LEVEL_COLORS[message.level]}">{label}</font>'
-        head.append(label)
-    # v1 renders each quoted line on its own line and has no lists; v2 has lists
-    field_bullet, link_bullet = ("> ", "") if version == "markdown" else ("- ", "- ")
-    tail: list[str] = []
-    if message.fields:
-        tail.append(
-            "\n".join(
-                f"{field_bullet}**{escape_plain(k)}**: {escape_plain(v)}"
-                for k, v in message.fields.items()
-            )
-        )
-    if message.links:
-        tail.append(
-            "\n".join(
-                f"{link_bullet}[{escape_plain(link.title)}]({link_target(str(link.url))})"
-                for link in message.links
-            )
-        )
-    return fit(head, message.content, tail, MARKDOWN_MAX_BYTES, mention_line(mention_ids))
-
-
-def mention_line(user_ids: list[str]) -> str:
-    return " ".join(f"<@{user_id}>" for user_id in user_ids)
-
-
-def text_content(message: Message) -> str:
-    """The whole message readably as plain text, within the text limit."""
-    title = plain_text(LINE_BREAKS.sub(" ", message.title.strip()))
-    if message.level is not Level.info:
-        title = f"[{message.level.value.upper()}] {title}".strip()
-    content = markdown_as_text(message.content) if message.format == "markdown" else message.content
-    tail: list[str] = []
-    if message.fields:
-        tail.append(
-            "\n".join(f"{plain_text(k)}: {plain_text(v)}" for k, v in message.fields.items())
-        )
-    if message.links:
-        tail.append("\n".join(f"{plain_text(link.title)}: {link.url}" for link in message.links))
-    return fit([title] if title else [], content, tail, TEXT_MAX_BYTES)
-
 
 def plan(message: Message, version: MarkdownVersion) -> tuple[str, dict[str, Any]]:
     """(msgtype, its body object) for one message.
@@ -291,7 +182,9 @@ def plan(message: Message, version: MarkdownVersion) -> tuple[str, dict[str, Any
         or (bool(user_ids) and not markdown_can_mention)
     )
     if not needs_text:
-        return version, {"content": markdown_content(message, version, user_ids)}
+        return version, {
+            "content": markdown_content(message, version, user_ids, MARKDOWN_MAX_BYTES)
+        }
     body: dict[str, Any] = {"content": text_content(message)}
     mentioned = [*user_ids, "@all"] if mentions.all else user_ids
     if mentioned:
@@ -302,24 +195,6 @@ def plan(message: Message, version: MarkdownVersion) -> tuple[str, dict[str, Any
 
 
 # -- the answer --------------------------------------------------------------------------------
-
-
-def clean_errmsg(errmsg: str) -> str:
-    """The errmsg without WeCom's trace suffix (hint, from ip, more info)."""
-    return ERRMSG_SUFFIX.sub("", errmsg).strip() or errmsg.strip()
-
-
-def _errcode(body: Any) -> int | None:
-    if not isinstance(body, dict):
-        return None
-    code = body.get("errcode")
-    if isinstance(code, bool):
-        return None
-    if isinstance(code, int):
-        return code
-    if isinstance(code, str) and re.fullmatch(r"-?\d+", code.strip()):
-        return int(code)
-    return None
 
 
 def not_wecom_outcome(response: VendorResponse) -> Outcome:

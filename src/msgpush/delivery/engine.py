@@ -206,10 +206,13 @@ class Engine:
                 await self._queue.defer(claimed.id, self.owner, now_ms() + wait_ms)
                 self._wake_at(wait_ms)
                 return
-            await self._pacer.wait_turn(channel.id, channel.limit)
+            stamp = await self._pacer.wait_turn(channel.id, channel.limit)
             payload, _event_id, created_at = stored
             message = Message.model_validate_json(payload)
-            await self._attempt(claimed, channel, message, created_at, number, started)
+            try:
+                await self._attempt(claimed, channel, message, created_at, number, started)
+            finally:
+                self._pacer.sent(channel.id, stamp)
             return
         await self._queue.record(
             AttemptRecord(

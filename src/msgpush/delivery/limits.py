@@ -98,25 +98,39 @@ class LocalPacer:
         self._sent: dict[str, deque[float]] = defaultdict(deque)
         self._locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
-    async def wait_turn(self, channel_id: str, limit: RateLimit) -> None:
+    async def wait_turn(self, channel_id: str, limit: RateLimit) -> float | None:
+        """Wait until a send fits; returns its stamp, to hand to ``sent`` once it is done."""
         windows = [
             (full_ms * self._scale / 1000 * 1.05 + 0.02, most) for full_ms, most in limit.windows()
         ]
         if not windows:
-            return
+            return None
         longest = max(length for length, _ in windows)
         async with self._locks[channel_id]:
             sent = self._sent[channel_id]
             while True:
                 now = time.monotonic()
-                while sent and sent[0] <= now - longest:
-                    sent.popleft()
+                while sent and min(sent) <= now - longest:
+                    sent.remove(min(sent))
                 wait = 0.0
                 for length, most in windows:
-                    inside = [at for at in sent if at > now - length]
+                    inside = sorted(at for at in sent if at > now - length)
                     if len(inside) >= most:
                         wait = max(wait, inside[len(inside) - most] + length - now)
                 if wait <= 0:
                     sent.append(now)
-                    return
+                    return now
                 await asyncio.sleep(wait)
+
+    def sent(self, channel_id: str, stamp: float | None) -> None:
+        """The attempt is over: its requests left at the latest now (a token fetch or a slow
+        connect may have delayed them), so its place in the window moves to now."""
+        if stamp is None:
+            return
+        log = self._sent.get(channel_id)
+        if log is not None:
+            try:
+                log.remove(stamp)
+            except ValueError:
+                return
+            log.append(time.monotonic())
