@@ -58,7 +58,46 @@ def _dingtalk(fakes: Fakes) -> dict[str, Any]:
     return {"webhook_url": fake.webhook_url(fake.add_robot())}
 
 
+def _wecom_app(fakes: Fakes) -> dict[str, Any]:
+    fake = fakes.get("wecom_app")
+    app = fake.new_app(users=["zhangsan"])
+    return {
+        "corp_id": app.corp_id,
+        "agent_id": app.agent_id,
+        "secret": app.secret,
+        "to_user": ["zhangsan"],
+        "api_base": fake.api_base,
+    }
+
+
+def _feishu_app(fakes: Fakes) -> dict[str, Any]:
+    fake = fakes.get("feishu_app")
+    app = fake.new_app(users=["zhangsan"])
+    return {
+        "app_id": app.app_id,
+        "app_secret": app.app_secret,
+        "receive_ids": [app.open_id("zhangsan")],
+        "api_base": fake.url(""),
+    }
+
+
+def _dingtalk_app(fakes: Fakes) -> dict[str, Any]:
+    fake = fakes.get("dingtalk_app")
+    app = fake.add_app(agent_id=4242)
+    app.users.add("zhangsan")
+    return {
+        "app_key": app.app_key,
+        "app_secret": app.app_secret,
+        "agent_id": 4242,
+        "user_ids": ["zhangsan"],
+        "api_base": fake.url(""),
+    }
+
+
 CASES: dict[str, Case] = {
+    "wecom_app": Case("hr-wecom-app", "人事系统：审批待办", _wecom_app),
+    "feishu_app": Case("bi-feishu-app", "BI 平台：数据刷新通知", _feishu_app),
+    "dingtalk_app": Case("ops-dingtalk-app", "运维工作通知", _dingtalk_app),
     "webhook": Case(
         "orders-webhook",
         "Order system: failed payouts",

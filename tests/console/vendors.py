@@ -13,6 +13,9 @@ FAKE_CLASSES = {
     "wecom": ("tests.fakes.wecom", "FakeWeComBot"),
     "feishu": ("tests.fakes.feishu", "FeishuFake"),
     "dingtalk": ("tests.fakes.dingtalk", "FakeDingTalk"),
+    "wecom_app": ("tests.fakes.wecom", "FakeWeComApp"),
+    "feishu_app": ("tests.fakes.feishu", "FakeFeishuApp"),
+    "dingtalk_app": ("tests.fakes.dingtalk", "FakeDingTalkApp"),
 }
 
 
