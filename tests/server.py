@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import secrets
 import signal
@@ -10,10 +11,14 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any, TypeVar
 
 import asyncpg
 import httpx
+
+T = TypeVar("T")
 
 PG_ADMIN_URL = os.environ.get("MSGPUSH_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -24,6 +29,13 @@ FAST_ENGINE = {
     "MSGPUSH_LEASE_S": "3",
     "MSGPUSH_MAX_ATTEMPTS": "4",
 }
+
+
+def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to completion from sync code, even where an event loop is running
+    (pytest-asyncio may have one going in this thread): a fresh thread has none."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
 
 
 def free_port() -> int:
@@ -40,7 +52,7 @@ def pg_available() -> str | None:
         await conn.close()
 
     try:
-        asyncio.run(probe())
+        run_async(probe())
     except Exception as exc:
         return f"PostgreSQL at {PG_ADMIN_URL} is not reachable ({type(exc).__name__})"
     return None
@@ -56,7 +68,7 @@ def create_pg_database() -> str:
         finally:
             await conn.close()
 
-    asyncio.run(create())
+    run_async(create())
     base = PG_ADMIN_URL.rsplit("/", 1)[0]
     return f"{base}/{name}"
 
@@ -71,7 +83,7 @@ def drop_pg_database(url: str) -> None:
         finally:
             await conn.close()
 
-    asyncio.run(drop())
+    run_async(drop())
 
 
 class ServerProcess:
