@@ -16,7 +16,8 @@ from tests.server import ServerProcess
 PREFIX = "/api/v1"
 METHODS = ("get", "post", "put", "patch", "delete")
 
-# what a sender token may do: send messages and read messages, deliveries and channel types
+# what a sender token may do: send messages and events, feed the alerting integrations, and
+# read messages, events, deliveries and channel types
 SENDER_ROUTES = {
     ("GET", "/channel-types"),
     ("POST", "/messages"),
@@ -24,7 +25,15 @@ SENDER_ROUTES = {
     ("GET", "/messages/{message_id}"),
     ("GET", "/deliveries"),
     ("GET", "/deliveries/{delivery_id}"),
+    ("POST", "/events"),
+    ("GET", "/events"),
+    ("GET", "/events/{event_id}"),
+    ("POST", "/integrations/alertmanager"),
+    ("POST", "/integrations/grafana"),
 }
+# the only routes that also take the token as ?token= (Alertmanager and Grafana cannot always
+# set a header)
+QUERY_TOKEN_ROUTES = {("POST", "/integrations/alertmanager"), ("POST", "/integrations/grafana")}
 # everything else is admin only
 ADMIN_ROUTES = {
     ("GET", "/channels"),
@@ -38,6 +47,16 @@ ADMIN_ROUTES = {
     ("GET", "/tokens"),
     ("POST", "/tokens"),
     ("DELETE", "/tokens/{token_id}"),
+    ("GET", "/rules"),
+    ("POST", "/rules"),
+    ("GET", "/rules/{ref}"),
+    ("PATCH", "/rules/{ref}"),
+    ("DELETE", "/rules/{ref}"),
+    ("GET", "/templates"),
+    ("POST", "/templates/preview"),
+    ("GET", "/templates/{event_type}"),
+    ("PUT", "/templates/{event_type}"),
+    ("DELETE", "/templates/{event_type}"),
 }
 
 # plausible ids that exist nowhere
@@ -46,6 +65,8 @@ FAKE_PARAMS = {
     "message_id": "msg_00000000000000000000000000",
     "delivery_id": "dlv_00000000000000000000000000",
     "token_id": "tok_00000000000000000000000000",
+    "event_id": "evt_00000000000000000000000000",
+    "event_type": "nothing.here",
 }
 
 
@@ -234,3 +255,20 @@ def test_token_in_the_query_string_is_not_accepted(server: ServerProcess) -> Non
     for query in (f"token={server.admin_token}", f"access_token={server.admin_token}"):
         response = httpx.get(f"{server.url}{PREFIX}/channels?{query}", timeout=10)
         assert response.status_code == 401, response.text
+
+
+def test_query_token_only_on_the_integration_routes(
+    server: ServerProcess, routes: list[tuple[str, str]], sender_token: str
+) -> None:
+    """?token= is refused on every route but the integrations, where it authenticates."""
+    wrong = []
+    for method, path in routes:
+        url = f"{server.url}{PREFIX}{concrete(path)}?token={sender_token}"
+        body = {"json": {}} if method in ("POST", "PATCH", "PUT") else {}
+        response = httpx.request(method, url, timeout=30, **body)
+        if (method, path) in QUERY_TOKEN_ROUTES:
+            if response.status_code in (401, 403) or response.status_code >= 500:
+                wrong.append((method, path, response.status_code, response.text[:200]))
+        elif response.status_code != 401:
+            wrong.append((method, path, response.status_code, response.text[:200]))
+    assert wrong == []

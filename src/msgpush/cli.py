@@ -1,4 +1,4 @@
-"""The ``msgpush`` command: serve, worker, db, token, channel and send."""
+"""The ``msgpush`` command: serve, worker, db, token, channel, send and event."""
 
 from __future__ import annotations
 
@@ -285,3 +285,71 @@ def send(
     typer.echo(answer["id"])
     for delivery in answer["deliveries"]:
         typer.echo(f"  {delivery['id']}  {delivery['channel']}  {delivery['status']}", err=True)
+
+
+@app.command()
+def event(
+    type: Annotated[str, typer.Argument(help="Event type, e.g. task.failed or alert.firing")],
+    source: Annotated[str, typer.Option(help="Who reports it, e.g. scheduler")] = "",
+    level: Annotated[
+        str | None,
+        typer.Option(help="info, success, warning, error, critical (default: the type's)"),
+    ] = None,
+    data: Annotated[
+        list[str] | None, typer.Option("--data", "-d", help="KEY=VALUE data (repeatable)")
+    ] = None,
+    data_json: Annotated[
+        str | None, typer.Option(help="Data as a JSON object, or - to read it from stdin")
+    ] = None,
+    label: Annotated[list[str] | None, typer.Option(help="KEY=VALUE label (repeatable)")] = None,
+    channel: Annotated[
+        list[str] | None,
+        typer.Option("--channel", "-c", help="Also send to this channel (repeatable)"),
+    ] = None,
+    idempotency_key: Annotated[
+        str | None, typer.Option(help="De-duplicate retries of this report")
+    ] = None,
+    occurred_at: Annotated[str | None, typer.Option(help="When it happened (ISO 8601)")] = None,
+    url: Url = None,
+    token: Token = None,
+) -> None:
+    """Report an event; the rules route it. Prints the event id once it is stored."""
+    body: dict[str, Any] = {}
+    if data_json:
+        raw = sys.stdin.read() if data_json == "-" else data_json
+        try:
+            body = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise typer.BadParameter(f"not JSON: {exc}", param_hint="--data-json") from None
+        if not isinstance(body, dict):
+            raise typer.BadParameter("must be a JSON object", param_hint="--data-json")
+    body.update(_parse_sets(data or []))
+    labels = {k: str(v) for k, v in _parse_sets(label or []).items()}
+    try:
+        with Client(url, token) as client:
+            answer = client.event(
+                type,
+                body,
+                source=source,
+                level=level,
+                labels=labels or None,
+                channels=channel or None,
+                idempotency_key=idempotency_key,
+                occurred_at=occurred_at,
+            )
+    except MsgpushError as error:
+        _fail(error)
+        return
+    typer.echo(answer["id"])
+    if answer.get("rules"):
+        typer.echo(f"  rules: {', '.join(answer['rules'])}", err=True)
+    for message in answer.get("messages", []):
+        for delivery in message["deliveries"]:
+            typer.echo(f"  {delivery['id']}  {delivery['channel']}  {delivery['status']}", err=True)
+    for grouped in answer.get("grouped", []):
+        typer.echo(
+            f"  {grouped['channel']}: into digest {grouped['digest']} (due {grouped['due_at']})",
+            err=True,
+        )
+    for warning in answer.get("warnings", []):
+        typer.echo(f"  warning: {warning}", err=True)

@@ -101,6 +101,86 @@ class Client:
         result: dict[str, Any] = self._call("GET", f"/messages/{message_id}")
         return result
 
+    # -- events ------------------------------------------------------------------------------
+
+    def event(
+        self,
+        type: str,
+        data: dict[str, Any] | None = None,
+        *,
+        source: str = "",
+        level: str | None = None,
+        labels: dict[str, str] | None = None,
+        channels: str | Iterable[str] | None = None,
+        idempotency_key: str | None = None,
+        occurred_at: str | None = None,
+        **extra: Any,
+    ) -> dict[str, Any]:
+        """Report an event (``task.failed``, ``alert.firing``, …); answers once it is stored:
+        ``{"id": "evt_…", "rules": [...], "messages": [...], "grouped": [...], "warnings": [...]}``.
+
+        The rules decide where it goes; ``channels`` sends it to these channels too.
+        """
+        refs = [channels] if isinstance(channels, str) else list(channels or [])
+        body: dict[str, Any] = {"type": type, "source": source, "data": data or {}, **extra}
+        optional = {
+            "level": level,
+            "labels": labels,
+            "channels": refs or None,
+            "idempotency_key": idempotency_key,
+            "occurred_at": occurred_at,
+        }
+        body.update({k: v for k, v in optional.items() if v is not None})
+        result: dict[str, Any] = self._call("POST", "/events", json=body)
+        return result
+
+    def get_event(self, event_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", f"/events/{event_id}")
+        return result
+
+    # -- rules and templates -----------------------------------------------------------------
+
+    def rules(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._call("GET", "/rules")["items"]
+        return result
+
+    def create_rule(
+        self, name: str, event_types: list[str], channels: list[str], **fields: Any
+    ) -> dict[str, Any]:
+        """A rule: ``min_level``, ``labels``, ``recipients``, ``template``, ``group_by``,
+        ``group_window_s``, ``enabled`` and ``description`` go as keyword arguments."""
+        body = {"name": name, "event_types": event_types, "channels": channels, **fields}
+        result: dict[str, Any] = self._call("POST", "/rules", json=body)
+        return result
+
+    def update_rule(self, ref: str, **changes: Any) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("PATCH", f"/rules/{ref}", json=changes)
+        return result
+
+    def delete_rule(self, ref: str) -> None:
+        self._call("DELETE", f"/rules/{ref}")
+
+    def set_template(self, event_type: str, **template: Any) -> dict[str, Any]:
+        """Override an event type's template: ``title``, ``content`` (Jinja2), ``format``."""
+        result: dict[str, Any] = self._call("PUT", f"/templates/{event_type}", json=template)
+        return result
+
+    def delete_template(self, event_type: str) -> None:
+        self._call("DELETE", f"/templates/{event_type}")
+
+    def preview(
+        self,
+        event_type: str | None = None,
+        *,
+        event: dict[str, Any] | None = None,
+        template: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """The message an event (or the sample of ``event_type``) becomes with ``template``."""
+        body = {"event_type": event_type, "event": event, "template": template}
+        payload = {k: v for k, v in body.items() if v is not None}
+        result: dict[str, Any] = self._call("POST", "/templates/preview", json=payload)
+        return result
+
     # -- channels ----------------------------------------------------------------------------
 
     def channels(self, type: str | None = None) -> list[dict[str, Any]]:

@@ -27,7 +27,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     process.stop()
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: Playwright's sync API keeps an event loop running in this thread
+# while it is open, which would break every async test collected after the console's.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     reason = missing()
     if reason:

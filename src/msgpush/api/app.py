@@ -19,7 +19,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from msgpush import __version__, metrics
-from msgpush.api import channels, deliveries, messages, tokens
+from msgpush.api import (
+    channels,
+    deliveries,
+    events,
+    integrations,
+    messages,
+    rules,
+    templates,
+    tokens,
+)
 from msgpush.api.common import JSON
 from msgpush.errors import ApiError, validation_error
 from msgpush.message import BatchSendRequest, SendRequest
@@ -125,7 +134,16 @@ def create_app(settings: Settings | None = None, *, worker: bool = True) -> Fast
         docs_url="/docs",
         openapi_url="/openapi.json",
     )
-    for router in (channels.router, messages.router, deliveries.router, tokens.router):
+    for router in (
+        channels.router,
+        messages.router,
+        deliveries.router,
+        tokens.router,
+        events.router,
+        rules.router,
+        templates.router,
+        integrations.router,
+    ):
         app.include_router(router, prefix="/api/v1")
 
     @app.exception_handler(ApiError)

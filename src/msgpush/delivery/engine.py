@@ -207,10 +207,11 @@ class Engine:
                 self._wake_at(wait_ms)
                 return
             stamp = await self._pacer.wait_turn(channel.id, channel.limit)
-            payload, _event_id, created_at = stored
+            payload, event_json, created_at = stored  # the event a message came from, if any
             message = Message.model_validate_json(payload)
+            event = orjson.loads(event_json) if event_json else None
             try:
-                await self._attempt(claimed, channel, message, created_at, number, started)
+                await self._attempt(claimed, channel, message, created_at, number, started, event)
             finally:
                 self._pacer.sent(channel.id, stamp)
             return
@@ -236,6 +237,7 @@ class Engine:
         created_at: int,
         number: int,
         started: int,
+        event: dict[str, Any] | None = None,
     ) -> None:
         transcript = Transcript(secrets=channel.secrets)
         ctx = SendContext(
@@ -244,6 +246,7 @@ class Engine:
             exchange=self._http.exchanger(transcript),
             message_id=claimed.message_id,
             created_at_ms=created_at,
+            event=event,
             tokens=self._tokens,
         )
         clock = time.perf_counter()

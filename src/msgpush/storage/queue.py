@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from msgpush.ids import new_id, now_ms
 from msgpush.storage.db import Database
-from msgpush.storage.schema import deliveries, delivery_attempts, messages
+from msgpush.storage.schema import deliveries, delivery_attempts, events, messages
 
 UNFINISHED = ("queued", "sending", "retrying")
 
@@ -36,6 +36,7 @@ class NewMessage:
     idempotency_key: str | None = None
     event_id: str | None = None
     id: str = field(default_factory=lambda: new_id("msg"))
+    due_at: int | None = None  # later than now: held until then (an alert storm's digest)
 
 
 @dataclass
@@ -92,6 +93,14 @@ class Queue:
         """Store messages and their deliveries; returns once committed (durable)."""
         result: list[Accepted] = await self._db.submit(self._enqueue_many, batch)
         return result
+
+    async def enqueue_within(
+        self, conn: AsyncConnection, batch: list[NewMessage]
+    ) -> list[Accepted]:
+        """Store messages inside a caller's write transaction (an event stores its messages in
+        the same commit as itself)."""
+        [accepted] = await self._enqueue_many(conn, [batch])
+        return accepted
 
     async def _enqueue_many(
         self, conn: AsyncConnection, batches: list[list[NewMessage]]
@@ -150,7 +159,7 @@ class Queue:
                             "attempts": 0,
                             "budget_attempts": 0,
                             "budget_since": now,
-                            "next_attempt_at": now,
+                            "next_attempt_at": max(now, message.due_at or now),
                             "created_at": now,
                             "updated_at": now,
                         }
@@ -286,12 +295,12 @@ class Queue:
         await self._db.write(op)
 
     async def payloads(self, message_ids: list[str]) -> dict[str, tuple[str, str | None, int]]:
-        """message id -> (payload JSON, event id, created_at)."""
+        """message id -> (payload JSON, the JSON of the event it came from or None, created_at)."""
         async with self._db.read() as conn:
             rows = await conn.execute(
-                select(
-                    messages.c.id, messages.c.payload, messages.c.event_id, messages.c.created_at
-                ).where(messages.c.id.in_(message_ids))
+                select(messages.c.id, messages.c.payload, events.c.body, messages.c.created_at)
+                .select_from(messages.outerjoin(events, events.c.id == messages.c.event_id))
+                .where(messages.c.id.in_(message_ids))
             )
             return {row[0]: (row[1], row[2], row[3]) for row in rows}
 

@@ -123,3 +123,60 @@ vendor_tokens = Table(
     Column("expires_at", BigInteger, nullable=False),
     Column("fetched_at", BigInteger, nullable=False),
 )
+
+# -- events and routing (msgpush.events) --------------------------------------------------------
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("type", String(128), nullable=False),
+    Column("source", String(128), nullable=False),
+    Column("level", String(16), nullable=False),
+    Column("occurred_at", BigInteger, nullable=False),
+    Column("created_at", BigInteger, nullable=False),
+    Column("idempotency_key", String(255), nullable=True, unique=True),
+    # alerts: Alertmanager's fingerprint or a hash of the labels, to pair resolved with firing
+    Column("fingerprint", String(64), nullable=True),
+    Column("body", Text, nullable=False),  # JSON: what the webhook envelope's "event" carries
+    Column("routing", Text, nullable=True),  # JSON: the 202 answer (rules, messages, digests)
+    Index("ix_events_fingerprint", "fingerprint"),
+    Index("ix_events_created", "created_at"),
+)
+
+rules = Table(
+    "rules",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("name", String(128), nullable=False, unique=True),
+    Column("enabled", Boolean, nullable=False),
+    Column("body", Text, nullable=False),  # JSON of the rule (msgpush.events.models.Rule)
+    Column("created_at", BigInteger, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+)
+
+event_templates = Table(
+    "event_templates",
+    metadata,
+    Column("event_type", String(128), primary_key=True),  # a type or a pattern (alert.*)
+    Column("body", Text, nullable=False),  # JSON {"title", "content", "format"}
+    Column("updated_at", BigInteger, nullable=False),
+)
+
+# One row per (route, channel, group key): the alert-storm window and its pending digest.
+event_groups = Table(
+    "event_groups",
+    metadata,
+    Column("id", String(64), primary_key=True),  # hash of route, channel, group_by and values
+    Column("route", String(40), nullable=False),  # rule id, or "event" for an event's own channels
+    Column("channel_id", String(40), nullable=False),
+    Column("labels", Text, nullable=False),  # JSON: the group's label values
+    Column("window_end", BigInteger, nullable=True),
+    Column("digest_message_id", String(40), nullable=True),
+    Column("digest_event_id", String(40), nullable=True),
+    Column("summary", Text, nullable=False),  # JSON: the digest's counts, instances, times
+    Column("firing", Text, nullable=False),  # JSON: fingerprint -> {instance, since}
+    Column("closed", Boolean, nullable=False),
+    Column("updated_at", BigInteger, nullable=False),
+    Index("ix_event_groups_route", "route"),
+)

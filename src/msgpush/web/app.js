@@ -3,6 +3,7 @@
 import { api, setToken, token, whenUnauthorized } from "./api.js";
 import { channelsPage, createPage, editPage, typePickerPage } from "./channels.js";
 import { deliveriesPage } from "./deliveries.js";
+import { ruleCreatePage, ruleEditPage, rulesPage } from "./rules.js";
 import { fill, h, icon, toastRegion, uid } from "./dom.js";
 import { lang, setLang, t } from "./i18n.js";
 import { errorPanel, forgetTypes, loadingPanel, pageHead } from "./ui.js";
@@ -16,6 +17,8 @@ const ROUTES = [
   { pattern: /^\/channels\/([^/]+)\/edit$/, nav: "channels", title: "edit.title", page: (ctx, m) => editPage(ctx, decodeURIComponent(m[1])) },
   { pattern: /^\/deliveries$/, nav: "deliveries", title: "nav.deliveries", page: (ctx) => deliveriesPage(ctx) },
   { pattern: /^\/rules$/, nav: "rules", title: "nav.rules", page: (ctx) => rulesPage(ctx) },
+  { pattern: /^\/rules\/new$/, nav: "rules", title: "rules.newTitle", page: (ctx) => ruleCreatePage(ctx) },
+  { pattern: /^\/rules\/([^/]+)\/edit$/, nav: "rules", title: "rules.editTitle", page: (ctx, m) => ruleEditPage(ctx, decodeURIComponent(m[1])) },
 ];
 
 let sequence = 0;
@@ -183,27 +186,13 @@ function buildShell() {
           { class: "nav-list" },
           navLink("channels", "#/channels", "channels", t("nav.channels")),
           navLink("deliveries", "#/deliveries", "history", t("nav.deliveries")),
-          navLink("rules", "#/rules", "rules", t("nav.rules"), h("span", { class: "soon", text: t("nav.soon") })),
+          navLink("rules", "#/rules", "rules", t("nav.rules")),
         ),
       ),
       main,
     ),
   );
   return { main, crumb };
-}
-
-function rulesPage(ctx) {
-  fill(ctx.main, 
-    pageHead({ title: t("rules.title") }),
-    h(
-      "div",
-      { class: "empty soon-panel" },
-      h("div", { class: "empty-art", "aria-hidden": "true" }, icon("rules", "icon icon-xl")),
-      h("h2", { text: t("rules.soonTitle") }),
-      h("p", { class: "muted", text: t("rules.soonText") }),
-      h("a", { class: "btn", href: "#/channels", text: t("rules.goChannels") }),
-    ),
-  );
 }
 
 // -- rendering a route ------------------------------------------------------------------------------
