@@ -346,7 +346,7 @@ def test_test_push_on_saved_channels_is_kept_as_their_last_test(
     failed = page.locator('tr[data-result-for="legacy-erp"] .result')
     expect(failed).to_have_attribute("data-ok", "false")
     expect(failed.locator(".diagnosis")).to_contain_text("127.0.0.1:9")
-    expect(erp.locator(".pill-fail")).to_contain_text("Failed")
+    expect(erp.locator("span.pill-fail")).to_contain_text("Failed")  # not the "1 failed" link
     expect(erp.get_by_role("button", name="Test push: legacy-erp")).to_be_focused()
 
     assert api.get("/channels/crm-webhook").json()["last_test"]["ok"] is True
@@ -547,6 +547,22 @@ def test_chinese_and_english_lists_and_a_narrow_window(
         expect(page.get_by_role("heading", level=1)).to_be_visible()
         shoot(page, "narrow")
         page.set_viewport_size(LAPTOP)
+
+        # the channel form in Chinese: field labels and help come from the schema's zh text
+        page.goto(server.url + "/#/channels/new")
+        webhook_card = page.locator('a.type-card[data-type="webhook"]')
+        expect(webhook_card.locator(".type-card-desc")).to_contain_text("标准 JSON 信封")
+        webhook_card.click()
+        url_field = page.locator('[data-field="config.url"]')
+        expect(url_field.locator("label .label-text")).to_have_text("Webhook 地址")
+        expect(url_field.locator(".help")).to_contain_text("不跟随重定向")
+        expect(page.locator('[data-field="config.timeout_s"] .label-text')).to_have_text(
+            "超时（秒）"
+        )
+        url_field.evaluate("el => (el.closest('section') || el).scrollIntoView()")
+        shoot(page, "create-form-zh")
+        page.goto(server.url + "/#/channels")
+        expect(page.get_by_role("heading", level=1)).to_have_text("推送渠道")
 
         page.get_by_role("button", name=re.compile("Switch to English")).click()
         expect(page.get_by_role("heading", level=1)).to_have_text("Push channels")

@@ -178,6 +178,7 @@ class ChannelType(ABC):
     type_id: ClassVar[str]
     name: ClassVar[str]
     description: ClassVar[str]
+    description_zh: ClassVar[str | None] = None
     settings_model: ClassVar[type[ChannelSettings]]
     formats: ClassVar[tuple[str, ...]] = ("markdown", "text")
     default_limits: ClassVar[RateLimit] = RateLimit()
@@ -197,6 +198,7 @@ class ChannelType(ABC):
             "type": cls.type_id,
             "name": cls.name,
             "description": cls.description,
+            "description_zh": cls.description_zh,
             "schema": cls.settings_model.model_json_schema(),
             "secret_fields": cls.secret_fields(),
             "formats": list(cls.formats),

@@ -127,6 +127,12 @@ def _base_url(value: str, name: str) -> str:
 
 class DingTalkAppSettings(ChannelSettings):
     app_key: str = Field(
+        json_schema_extra={
+            "x-title-zh": "AppKey (Client ID)",
+            "x-description-zh": (
+                "应用的 Client ID（原 AppKey），在钉钉开发者后台该应用的 凭证与基础信息 页面。"
+            ),
+        },
         min_length=1,
         max_length=128,
         title="AppKey (Client ID)",
@@ -136,6 +142,10 @@ class DingTalkAppSettings(ChannelSettings):
         ),
     )
     app_secret: SecretStr = secret_field(
+        json_schema_extra={
+            "x-title-zh": "AppSecret (Client Secret)",
+            "x-description-zh": "应用的 Client Secret（原 AppSecret），在 Client ID 旁边。加密保存，不再显示。",
+        },
         title="AppSecret (Client Secret)",
         description=(
             "The app's Client Secret (原 AppSecret), next to the Client ID. Stored encrypted; "
@@ -143,6 +153,13 @@ class DingTalkAppSettings(ChannelSettings):
         ),
     )
     agent_id: int | None = Field(
+        json_schema_extra={
+            "x-title-zh": "应用AgentId",
+            "x-description-zh": (
+                "用于工作通知：应用的 AgentId，在同一页面。发给部门或全员时必填；未设置 RobotCode 时，"
+                "发给用户也需要。"
+            ),
+        },
         default=None,
         ge=1,
         title="AgentId",
@@ -152,6 +169,13 @@ class DingTalkAppSettings(ChannelSettings):
         ),
     )
     robot_code: str | None = Field(
+        json_schema_extra={
+            "x-title-zh": "RobotCode",
+            "x-description-zh": (
+                "用于机器人消息：应用机器人的 RobotCode（应用能力 > 机器人）。设置后，用户收到机器人"
+                "单聊消息而非工作通知，并可发到群（open_conversation_id、recipients.chats）。"
+            ),
+        },
         default=None,
         max_length=128,
         title="RobotCode",
@@ -162,12 +186,22 @@ class DingTalkAppSettings(ChannelSettings):
         ),
     )
     user_ids: list[str] = Field(
+        json_schema_extra={
+            "x-title-zh": "接收人 userId",
+            "x-description-zh": "默认接收人：钉钉 userId（不是手机号）。消息的 recipients.users 会替换它们。",
+        },
         default_factory=list,
         max_length=5000,
         title="User IDs",
         description="Default recipients: DingTalk userIds (not mobiles). A message's recipients.users replace them.",
     )
     dept_ids: list[str] = Field(
+        json_schema_extra={
+            "x-title-zh": "部门 ID",
+            "x-description-zh": (
+                "默认接收部门（工作通知，含子部门）。消息的 recipients.departments 会替换它们。"
+            ),
+        },
         default_factory=list,
         max_length=1000,
         title="Department IDs",
@@ -177,6 +211,13 @@ class DingTalkAppSettings(ChannelSettings):
         ),
     )
     to_all_user: bool = Field(
+        json_schema_extra={
+            "x-title-zh": "发送给全员",
+            "x-description-zh": (
+                "工作通知发给组织内所有成员（to_all_user）。非必要请勿开启；指定了接收人的消息不会"
+                "发给全员。"
+            ),
+        },
         default=False,
         title="Send to everyone",
         description=(
@@ -185,6 +226,13 @@ class DingTalkAppSettings(ChannelSettings):
         ),
     )
     open_conversation_id: str | None = Field(
+        json_schema_extra={
+            "x-title-zh": "群 openConversationId",
+            "x-description-zh": (
+                "机器人消息的默认群：其 openConversationId（cid…），且机器人须已在该群中。"
+                "消息的 recipients.chats 会替换它。"
+            ),
+        },
         default=None,
         max_length=256,
         title="Group openConversationId",
@@ -194,6 +242,13 @@ class DingTalkAppSettings(ChannelSettings):
         ),
     )
     api_base: str = Field(
+        json_schema_extra={
+            "x-title-zh": "API 地址（新版 API）",
+            "x-description-zh": (
+                "调用新版 API（/v1.0/…：access token、机器人消息）的地址。此处填写的代理或私有化部署"
+                "也用于旧版 API，除非设置了 oapi_base。"
+            ),
+        },
         default=OFFICIAL_API_BASE,
         title="API base (new API)",
         description=(
@@ -202,6 +257,13 @@ class DingTalkAppSettings(ChannelSettings):
         ),
     )
     oapi_base: str | None = Field(
+        json_schema_extra={
+            "x-title-zh": "旧版 API 地址",
+            "x-description-zh": (
+                "调用旧版 API（/gettoken、工作通知）的地址。留空：api_base 为钉钉官方地址时用 "
+                f"{OFFICIAL_OAPI_BASE}，否则用 api_base。"
+            ),
+        },
         default=None,
         title="Old API base",
         description=(
@@ -920,6 +982,10 @@ class DingTalkAppChannel(ChannelType):
         "A DingTalk self-built app (企业内部应用): work notifications (工作通知) to users, "
         "departments or everyone, and robot messages to users and groups; markdown or an "
         "ActionCard with buttons."
+    )
+    description_zh = (
+        "钉钉企业内部应用：向用户、部门或全员发工作通知，向用户和群发机器人消息；ma"
+        "rkdown 或带按钮的 ActionCard。"
     )
     settings_model = DingTalkAppSettings
     formats = ("markdown", "text")

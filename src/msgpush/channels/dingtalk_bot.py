@@ -192,6 +192,14 @@ _IP_IN_MESSAGE = re.compile(r"ip\s+([0-9A-Fa-f.:]+)\s+not in whitelist", re.IGNO
 
 class DingTalkBotSettings(ChannelSettings):
     webhook_url: SecretStr = secret_field(
+        json_schema_extra={
+            "x-title-zh": "Webhook 地址",
+            "x-description-zh": (
+                "钉钉显示的机器人 Webhook：https://oapi.dingtalk.com/robot/send?access_token=…"
+                "（群设置 > 机器人 > 该机器人）。私有化部署或代理可用带 access_token 的其他 "
+                "http(s) 地址。加密保存，不再显示。"
+            ),
+        },
         title="Webhook URL",
         description=(
             "The robot's Webhook as DingTalk shows it: "
@@ -201,6 +209,13 @@ class DingTalkBotSettings(ChannelSettings):
         ),
     )
     secret: SecretStr | None = secret_field(
+        json_schema_extra={
+            "x-title-zh": "加签密钥",
+            "x-description-zh": (
+                "机器人安全设置 > 加签 中显示的 SEC… 字符串（开启加签时填写）。msgpush 会用它为每个"
+                "请求签名。"
+            ),
+        },
         default=None,
         title="Signing secret (加签)",
         description=(
@@ -209,6 +224,13 @@ class DingTalkBotSettings(ChannelSettings):
         ),
     )
     keywords: list[str] = Field(
+        json_schema_extra={
+            "x-title-zh": "自定义关键词",
+            "x-description-zh": (
+                "机器人安全设置中的自定义关键词（开启时填写）。消息不含任何关键词时会自动加上第一个，"
+                "以免被钉钉拒收。"
+            ),
+        },
         default_factory=list,
         max_length=MAX_KEYWORDS,
         title="Keywords",
@@ -469,6 +491,9 @@ class DingTalkBotChannel(ChannelType):
     description = (
         "A DingTalk group's custom robot (自定义机器人): markdown or an ActionCard with buttons, "
         "@mentions that ping, signing (加签) and security keywords."
+    )
+    description_zh = (
+        "钉钉群的自定义机器人：markdown 或带按钮的 ActionCard，@提醒，支持加签和自定义关键词。"
     )
     settings_model = DingTalkBotSettings
     formats = ("markdown", "text")

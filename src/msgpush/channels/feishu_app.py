@@ -227,6 +227,10 @@ def _id_list(value: Any) -> Any:
 
 class FeishuAppSettings(ChannelSettings):
     app_id: str = Field(
+        json_schema_extra={
+            "x-title-zh": "App ID",
+            "x-description-zh": "应用的 App ID（cli_…）：开发者后台 > 该应用 > 凭证与基础信息。",
+        },
         title="App ID",
         description=(
             "The app's App ID (cli_…): developer console > the app > Credentials & Basic Info "
@@ -237,6 +241,10 @@ class FeishuAppSettings(ChannelSettings):
         pattern=r"^[A-Za-z0-9_\-]+$",
     )
     app_secret: SecretStr = secret_field(
+        json_schema_extra={
+            "x-title-zh": "App Secret",
+            "x-description-zh": "应用的 App Secret，与 App ID 在同一页面。加密保存，读回时打码。",
+        },
         title="App Secret",
         description=(
             "The app's App Secret, on the same page as the App ID. Stored encrypted, read back "
@@ -245,6 +253,13 @@ class FeishuAppSettings(ChannelSettings):
         min_length=1,
     )
     receive_id_type: ReceiveIdType = Field(
+        json_schema_extra={
+            "x-title-zh": "接收者 ID 类型",
+            "x-description-zh": (
+                "接收者 ID 的类型：open_id（ou_…，每个应用不同）、user_id、union_id（on_…）、email，"
+                "或 chat_id（oc_…，机器人所在的群）。"
+            ),
+        },
         default="open_id",
         title="Recipient id type",
         description=(
@@ -253,6 +268,13 @@ class FeishuAppSettings(ChannelSettings):
         ),
     )
     receive_ids: list[str] = Field(
+        json_schema_extra={
+            "x-title-zh": "接收者",
+            "x-description-zh": (
+                f"默认接收者，类型均为接收者 ID 类型；每个一次请求，最多 {MAX_RECIPIENTS} 个。"
+                "消息自带的接收者会覆盖它们。"
+            ),
+        },
         default_factory=list,
         title="Recipients",
         description=(
@@ -262,6 +284,12 @@ class FeishuAppSettings(ChannelSettings):
         max_length=MAX_RECIPIENTS,
     )
     api_base: str = Field(
+        json_schema_extra={
+            "x-title-zh": "API 地址",
+            "x-description-zh": (
+                f"飞书用 {FEISHU_API_BASE}，Lark 用 {LARK_API_BASE}，或填私有化部署、代理的地址。"
+            ),
+        },
         default=FEISHU_API_BASE,
         title="API base",
         description=(
@@ -728,6 +756,10 @@ class FeishuAppChannel(ChannelType):
     description = (
         "A Feishu or Lark self-built app (企业自建应用) with a bot: cards coloured by level, with "
         "fields, buttons and @mentions, to users and group chats; Lark through api_base."
+    )
+    description_zh = (
+        "飞书或 Lark 企业自建应用（含机器人）：按级别着色的卡片，含字段、按钮和"
+        " @提醒，发给用户和群聊；Lark 通过 api_base 接入。"
     )
     settings_model = FeishuAppSettings
     formats = ("markdown", "text")

@@ -105,6 +105,14 @@ Keyword = Annotated[
 
 class FeishuBotSettings(ChannelSettings):
     webhook_url: SecretStr = secret_field(
+        json_schema_extra={
+            "x-title-zh": "Webhook 地址",
+            "x-description-zh": (
+                "机器人的 Webhook 地址：https://open.feishu.cn/open-apis/bot/v2/hook/<token>"
+                "（Lark：https://open.larksuite.com/...），或代理的任意 http(s) 地址。其中的 token "
+                "是机器人的凭证：加密保存，不再显示。"
+            ),
+        },
         title="Webhook URL",
         description=(
             "The bot's webhook address: https://open.feishu.cn/open-apis/bot/v2/hook/<token> "
@@ -113,6 +121,10 @@ class FeishuBotSettings(ChannelSettings):
         ),
     )
     secret: SecretStr | None = secret_field(
+        json_schema_extra={
+            "x-title-zh": "签名校验密钥",
+            "x-description-zh": "机器人开启了签名校验时填写：每个请求都用它签名。加密保存，不再显示。",
+        },
         default=None,
         title="Signing secret",
         description=(
@@ -121,6 +133,12 @@ class FeishuBotSettings(ChannelSettings):
         ),
     )
     keywords: list[Keyword] = Field(
+        json_schema_extra={
+            "x-title-zh": "自定义关键词",
+            "x-description-zh": (
+                "机器人设置了自定义关键词时填写。消息不含任何关键词时，会在标题中加上第一个关键词。"
+            ),
+        },
         default_factory=list,
         max_length=MAX_KEYWORDS,
         title="Security keywords",
@@ -304,6 +322,10 @@ class FeishuBotChannel(ChannelType):
     description = (
         "A Feishu or Lark group's custom bot (自定义机器人): cards coloured by level, with "
         "fields, buttons and @mentions; signature and keywords supported."
+    )
+    description_zh = (
+        "飞书或 Lark 群的自定义机器人：按级别着色的卡片，含字段、按钮和 @提醒"
+        "；支持签名校验和自定义关键词。"
     )
     settings_model = FeishuBotSettings
     formats = ("markdown", "text")

@@ -31,11 +31,26 @@ RESERVED_HEADERS = {"webhook-id", "webhook-timestamp", "webhook-signature", "con
 
 class WebhookSettings(ChannelSettings):
     url: HttpUrl = Field(
+        json_schema_extra={
+            "x-title-zh": "Webhook 地址",
+            "x-description-zh": "发送目标：你方系统的 http(s) 地址。不跟随重定向。",
+        },
         title="URL",
         description="Where to send: an http(s) address of your system. Redirects are not followed.",
     )
-    method: Literal["POST", "PUT"] = Field(default="POST", title="Method")
+    method: Literal["POST", "PUT"] = Field(
+        json_schema_extra={
+            "x-title-zh": "请求方法",
+            "x-description-zh": "发送请求所用的 HTTP 方法：POST 或 PUT。",
+        },
+        default="POST",
+        title="Method",
+    )
     headers: dict[str, str] = secret_field(
+        json_schema_extra={
+            "x-title-zh": "请求头",
+            "x-description-zh": "附加的请求头，如 Authorization。加密保存，值不会再显示。",
+        },
         default_factory=dict,
         title="Headers",
         description="Extra request headers, e.g. Authorization. Stored encrypted; values never shown.",
@@ -47,15 +62,33 @@ class WebhookSettings(ChannelSettings):
             "Jinja2 template for the request body (sandboxed). Variables: message, envelope, "
             "delivery_id, message_id, event. Empty: the standard JSON envelope."
         ),
-        json_schema_extra={"format": "textarea"},
+        json_schema_extra={
+            "format": "textarea",
+            "x-title-zh": "请求体模板",
+            "x-description-zh": (
+                "请求体的 Jinja2 模板（沙箱执行）。可用变量：message、envelope、delivery_id、"
+                "message_id、event。留空：使用标准 JSON 信封。"
+            ),
+        },
     )
     content_type: str = Field(
+        json_schema_extra={
+            "x-title-zh": "内容类型",
+            "x-description-zh": "请求体的 Content-Type 请求头。",
+        },
         default="application/json",
         title="Content type",
         description="Content-Type header of the body.",
         max_length=200,
     )
     signing_secret: SecretStr | None = secret_field(
+        json_schema_extra={
+            "x-title-zh": "签名密钥",
+            "x-description-zh": (
+                "Standard Webhooks 密钥（whsec_ + 24-64 个随机字节的 base64）。设置后，每个请求都带 "
+                "webhook-signature 请求头，接收方可据此验签。"
+            ),
+        },
         default=None,
         title="Signing secret",
         description=(
@@ -64,9 +97,19 @@ class WebhookSettings(ChannelSettings):
         ),
     )
     timeout_s: Annotated[float, Field(gt=0, le=60)] = Field(
-        default=10.0, title="Timeout (s)", description="Seconds to wait for an answer (1-60)."
+        json_schema_extra={
+            "x-title-zh": "超时（秒）",
+            "x-description-zh": "等待响应的秒数（1-60）。",
+        },
+        default=10.0,
+        title="Timeout (s)",
+        description="Seconds to wait for an answer (1-60).",
     )
     success_codes: list[Annotated[int, Field(ge=100, le=599)]] = Field(
+        json_schema_extra={
+            "x-title-zh": "成功状态码",
+            "x-description-zh": "表示投递成功的 HTTP 状态码。留空：任意 2xx。",
+        },
         default_factory=list,
         title="Success codes",
         description="HTTP statuses that mean delivered. Empty: any 2xx.",
@@ -133,6 +176,9 @@ class WebhookChannel(ChannelType):
     description = (
         "Any HTTP endpoint of your own systems: a JSON envelope or your own body template, "
         "signed per Standard Webhooks."
+    )
+    description_zh = (
+        "你自己系统的任意 HTTP 接口：标准 JSON 信封或自定义请求体模板，按 Standard Webhooks 签名。"
     )
     settings_model = WebhookSettings
     formats = ("markdown", "text")

@@ -262,6 +262,10 @@ def _check_ids(value: list[str], pattern: re.Pattern[str] | None, what: str) -> 
 
 class WeComAppSettings(ChannelSettings):
     corp_id: str = Field(
+        json_schema_extra={
+            "x-title-zh": "企业ID (CorpID)",
+            "x-description-zh": "我的企业 > 企业信息 > 企业ID，如 ww8a…",
+        },
         title="CorpID (企业ID)",
         description="My Company (我的企业) > Company Information (企业信息) > CorpID, e.g. ww8a…",
         min_length=1,
@@ -269,12 +273,20 @@ class WeComAppSettings(ChannelSettings):
         pattern=r"^[^\s&#?/]+$",
     )
     agent_id: int = Field(
+        json_schema_extra={
+            "x-title-zh": "应用AgentId",
+            "x-description-zh": "应用的 AgentId：应用管理 > 该应用，如 1000002。",
+        },
         title="AgentId",
         description="The app's AgentId: App Management (应用管理) > the app, e.g. 1000002.",
         ge=1,
         le=2**31 - 1,
     )
     secret: SecretStr = secret_field(
+        json_schema_extra={
+            "x-title-zh": "应用Secret",
+            "x-description-zh": "应用的 Secret：应用管理 > 该应用 > Secret > 查看。加密保存，读回时打码。",
+        },
         title="Secret",
         description=(
             "The app's Secret: App Management (应用管理) > the app > Secret > View (查看). "
@@ -283,6 +295,10 @@ class WeComAppSettings(ChannelSettings):
         min_length=1,
     )
     to_user: list[str] = Field(
+        json_schema_extra={
+            "x-title-zh": "接收人",
+            "x-description-zh": "默认接收人：成员账号（UserID），或 @all 表示应用可见范围内的所有人。",
+        },
         default_factory=list,
         title="Users",
         description="Default recipients: user account ids (账号), or @all for everyone in the "
@@ -290,24 +306,42 @@ class WeComAppSettings(ChannelSettings):
         max_length=5000,
     )
     to_party: list[str] = Field(
+        json_schema_extra={
+            "x-title-zh": "部门",
+            "x-description-zh": "默认接收部门：部门 ID（数字）。",
+        },
         default_factory=list,
         title="Departments",
         description="Default recipients: department ids (numbers).",
         max_length=1000,
     )
     to_tag: list[str] = Field(
+        json_schema_extra={
+            "x-title-zh": "标签",
+            "x-description-zh": "默认接收标签：标签 ID（数字）。",
+        },
         default_factory=list,
         title="Tags",
         description="Default recipients: tag ids (numbers).",
         max_length=1000,
     )
     chat_id: str | None = Field(
+        json_schema_extra={
+            "x-title-zh": "群聊ID",
+            "x-description-zh": "本应用创建的群聊（appchat/create）的 chatid：消息也会发到该群。",
+        },
         default=None,
         title="Group chat id",
         description="A group chat this app created (appchat/create): messages go there too.",
         pattern=r"^[0-9A-Za-z]{1,32}$",
     )
     api_base: str = Field(
+        json_schema_extra={
+            "x-title-zh": "API 地址",
+            "x-description-zh": (
+                "企业微信 API 的其他地址：私有化部署，或出口 IP 固定且已加入应用企业可信 IP 的代理。"
+            ),
+        },
         default=WECOM_API_BASE,
         title="API base",
         description="Another address for WeCom's API: a private deployment, or a proxy with a "
@@ -315,6 +349,13 @@ class WeComAppSettings(ChannelSettings):
         max_length=500,
     )
     duplicate_check_interval: int = Field(
+        json_schema_extra={
+            "x-title-zh": "重复消息检查（秒）",
+            "x-description-zh": (
+                "在此秒数内再次发送相同消息时企业微信会丢弃，因此重试不会重复通知。0 表示关闭检查；"
+                "最多 14400（4 小时）。"
+            ),
+        },
         default=DUPLICATE_CHECK_DEFAULT_S,
         title="Duplicate check (s)",
         description=(
@@ -764,6 +805,9 @@ class WeComAppChannel(ChannelType):
     description = (
         "A WeCom (企业微信) self-built app: messages to members, departments and tags, or to "
         "the app's group chats; markdown, or a text card when there is a link."
+    )
+    description_zh = (
+        "企业微信自建应用：发给成员、部门、标签或应用群聊；markdown，有链接时用文本卡片。"
     )
     settings_model = WeComAppSettings
     formats = ("markdown", "text")

@@ -134,6 +134,13 @@ def normalize_webhook_url(value: str) -> str:
 
 class WeComBotSettings(ChannelSettings):
     webhook_url: SecretStr = secret_field(
+        json_schema_extra={
+            "x-title-zh": "Webhook 地址",
+            "x-description-zh": (
+                f"群机器人的 Webhook 地址（{WECOM_BOT_URL}?key=…），或仅填其 key。代理或私有化部署"
+                "可用任意带 key 的 http(s) 地址。key 是机器人唯一的凭证：加密保存，读回时打码。"
+            ),
+        },
         title="Webhook URL",
         description=(
             f"The bot's Webhook URL ({WECOM_BOT_URL}?key=…), or just its key. Any http(s) URL "
@@ -142,6 +149,13 @@ class WeComBotSettings(ChannelSettings):
         ),
     )
     markdown_version: MarkdownVersion = Field(
+        json_schema_extra={
+            "x-title-zh": "Markdown 版本",
+            "x-description-zh": (
+                "markdown：按级别着色，支持 <@userid> 提醒。markdown_v2：支持列表和标准 markdown，"
+                "不着色；需要 @ 人的消息改以文本发送。"
+            ),
+        },
         default="markdown",
         title="Markdown version",
         description=(
@@ -218,6 +232,10 @@ class WeComBotChannel(ChannelType):
     description = (
         "A WeCom (企业微信) group bot: markdown with level colours, fields and links; "
         "@mentions by user id, mobile or @all."
+    )
+    description_zh = (
+        "企业微信群机器人：按级别着色的 markdown，含字段和链接；可按成员账号"
+        "、手机号或 @所有人 提醒。"
     )
     settings_model = WeComBotSettings
     formats = ("markdown", "text")

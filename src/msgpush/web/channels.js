@@ -3,7 +3,7 @@
 import { api, query } from "./api.js";
 import { confirmDialog, fill, h, icon, timeEl, toast, uid } from "./dom.js";
 import { fieldShell, schemaForm } from "./form.js";
-import { t, typeName } from "./i18n.js";
+import { t, typeDescription, typeName } from "./i18n.js";
 import { errorPanel, limitsText, loadTypes, pageHead, resultPanel, typeBadge, typeCell } from "./ui.js";
 
 const PAGE_SIZE = 50;
@@ -361,7 +361,7 @@ export async function typePickerPage(ctx) {
                   "span",
                   { class: "type-card-body" },
                   h("span", { class: "type-card-title" }, h("strong", { text: typeName(ty.type, ty.name) }), h("code", { class: "type-id", text: ty.type })),
-                  h("span", { class: "type-card-desc", text: ty.description || "" }),
+                  h("span", { class: "type-card-desc", text: typeDescription(ty) }),
                   limits ? h("span", { class: "type-card-limits muted small" }, icon("clock", "icon icon-xs"), t("create.limits", { limits })) : null,
                 ),
                 icon("chevron", "icon chev"),
@@ -487,7 +487,7 @@ function channelForm(ctx, { mode, type, channel }) {
         title: t("form.settings", { type: vendor }),
         aside: h("span", { class: "section-type" }, typeBadge(type.type), h("code", { class: "type-id", text: type.type })),
       },
-      type.description ? h("p", { class: "section-intro muted", text: type.description }) : null,
+      typeDescription(type) ? h("p", { class: "section-intro muted", text: typeDescription(type) }) : null,
       settings.element,
     ),
     section(

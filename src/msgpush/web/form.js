@@ -4,7 +4,7 @@
 // object of string -> string, anyOf [X, null]; anything else falls back to a JSON editor.
 
 import { h, icon, uid } from "./dom.js";
-import { t } from "./i18n.js";
+import { lang, t } from "./i18n.js";
 
 export const OMIT = Symbol("omit");
 
@@ -77,6 +77,13 @@ function kindOf(schema, secret) {
   }
 }
 
+/** A schema's title or description in the console's language: x-title-zh / x-description-zh in
+ * Chinese, falling back to the English text the schema always has. */
+export function localized(schema, key) {
+  if (lang() === "zh" && schema[`x-${key}-zh`]) return schema[`x-${key}-zh`];
+  return schema[key];
+}
+
 /** The fields of a type's settings, in the schema's order. */
 export function fieldSpecs(schema, prefix = "config") {
   const required = new Set(schema.required || []);
@@ -87,8 +94,8 @@ export function fieldSpecs(schema, prefix = "config") {
     return {
       name,
       path: `${prefix}.${name}`,
-      title: s.title || name,
-      description: s.description || "",
+      title: localized(s, "title") || name,
+      description: localized(s, "description") || "",
       required: required.has(name),
       kind,
       secret: secret || kind === "secret",

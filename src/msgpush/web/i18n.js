@@ -695,4 +695,10 @@ export function typeName(typeId, apiName) {
   return apiName || typeId;
 }
 
+/** A channel type's one-line description, in the current language. */
+export function typeDescription(type) {
+  if (current === "zh" && type.description_zh) return type.description_zh;
+  return type.description || "";
+}
+
 document.documentElement.lang = locale();
