@@ -16,7 +16,13 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
-from msgpush.channels.base import Outcome, SendContext, VendorRequest, VendorResponse
+from msgpush.channels.base import (
+    Outcome,
+    SendContext,
+    VendorRequest,
+    VendorResponse,
+    token_lifetime_s,
+)
 from msgpush.channels.dingtalk_app import (
     API_ERRORS,
     CHANNEL_TYPE,
@@ -26,7 +32,6 @@ from msgpush.channels.dingtalk_app import (
     Call,
     DingTalkAppSettings,
     Targets,
-    _expires_in,
     classify_api,
     classify_oapi,
     notice_msg,
@@ -360,10 +365,10 @@ def test_a_missing_permission_is_named() -> None:
 
 
 def test_peer_d1_the_token_lifetime_is_read_and_never_zero() -> None:
-    assert _expires_in(7200) == 7200.0
-    assert _expires_in("3600") == 3600.0
+    assert token_lifetime_s(7200) == 7200.0
+    assert token_lifetime_s("3600") == 3600.0
     for odd in (None, 0, -5, "soon"):
-        assert _expires_in(odd) == 7200.0
+        assert token_lifetime_s(odd) == 7200.0
 
 
 def test_peer_d4_the_fake_rejects_payloads_of_the_wrong_shape(fake: FakeDingTalkApp) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Literal, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
@@ -113,12 +113,66 @@ class TokenFetchFailed(Exception):
         self.outcome = outcome
 
 
+# WeCom (vendors.md §1.1), Feishu (§3.1) and DingTalk (§5.1) tokens live 7200 s; assumed when an
+# answer omits the lifetime, as wechatpy, apprise and the Feishu SDK do.
+DEFAULT_TOKEN_LIFETIME_S = 7200.0
+
+
+def token_lifetime_s(value: Any) -> float:
+    """A token answer's lifetime in seconds (a number or a numeric string); a missing, zero or
+    odd value means the vendors' documented 7200 s, never 0 (peers.md D1: a misread lifetime
+    refetches the token for every message)."""
+    if isinstance(value, bool):
+        return DEFAULT_TOKEN_LIFETIME_S
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        return DEFAULT_TOKEN_LIFETIME_S
+    return seconds if seconds > 0 else DEFAULT_TOKEN_LIFETIME_S
+
+
+def with_step(outcome: Outcome, prefix: str) -> Outcome:
+    """The outcome with its diagnosis prefixed by the step that failed (Test Push says which)."""
+    if outcome.kind == "delivered" or not outcome.diagnosis:
+        return outcome
+    return replace(outcome, diagnosis=prefix + outcome.diagnosis)
+
+
 class TokenSource(Protocol):
     """The shared access-token cache (msgpush.delivery.tokens.TokenCache)."""
 
     async def get(self, key: str, fetch: Callable[[], Awaitable[FetchedToken]]) -> str: ...
 
     async def invalidate(self, key: str, token: str) -> None: ...
+
+
+TokenReader = Callable[["VendorResponse"], tuple[Outcome, FetchedToken | None]]
+
+
+async def cached_token(
+    ctx: SendContext, key: str, request: VendorRequest, read: TokenReader, step: str
+) -> str:
+    """The token for ``key`` from the shared cache, or fetched with ``request`` and ``read``
+    (which turns the vendor's answer into an outcome and, on success, the token). A failed
+    fetch raises TokenFetchFailed, its diagnosis prefixed with ``step``."""
+
+    async def fetch() -> FetchedToken:
+        got: list[FetchedToken] = []
+
+        def classify(response: VendorResponse) -> Outcome:
+            outcome, fetched = read(response)
+            if fetched is not None:
+                got.append(fetched)
+            return outcome
+
+        outcome = await ctx.exchange(request, classify)
+        if not got:
+            raise TokenFetchFailed(with_step(outcome, step))
+        return got[0]
+
+    if ctx.tokens is None:
+        return (await fetch()).token
+    return await ctx.tokens.get(key, fetch)
 
 
 @dataclass

@@ -26,6 +26,7 @@ from msgpush.channels.base import (
     VendorRequest,
     VendorResponse,
     secret_field,
+    token_lifetime_s,
     vendor_outcome,
 )
 from msgpush.channels.dingtalk_common import (
@@ -47,8 +48,6 @@ OFFICIAL_OAPI_BASE = "https://oapi.dingtalk.com"
 # vendors.md §5.1: the new token endpoint, and the old one kept as a fallback
 TOKEN_PATH = "/v1.0/oauth2/accessToken"
 GETTOKEN_PATH = "/gettoken"
-# vendors.md §5.1 "Semantics": tokens live 7200 s (assumed when an answer omits expireIn)
-TOKEN_LIFETIME_S = 7200.0
 # vendors.md §5.2
 NOTICE_PATH = "/topapi/message/corpconversation/asyncsend_v2"
 # vendors.md §5.3
@@ -961,16 +960,6 @@ def cache_key(settings: DingTalkAppSettings) -> str:
     )
 
 
-def _expires_in(raw: Any) -> float:
-    """The token's lifetime from expireIn / expires_in; a missing or odd value means the
-    documented 7200 s, never 0 (peers D1: a misread lifetime refetches on every message)."""
-    try:
-        value = float(raw)
-    except (TypeError, ValueError):
-        return TOKEN_LIFETIME_S
-    return value if value > 0 else TOKEN_LIFETIME_S
-
-
 def _prefixed(outcome: Outcome, prefix: str) -> Outcome:
     return replace(outcome, diagnosis=f"{prefix}: {outcome.diagnosis or outcome.kind}")
 
@@ -1219,7 +1208,7 @@ async def fetch_token(settings: DingTalkAppSettings, ctx: SendContext) -> Fetche
         token = data.get("accessToken") if isinstance(data, dict) else None
         if answer.status == 200 and isinstance(token, str) and token:
             assert isinstance(data, dict)
-            got.append(FetchedToken(token, _expires_in(data.get("expireIn"))))
+            got.append(FetchedToken(token, token_lifetime_s(data.get("expireIn"))))
             return Outcome.delivered(status_code=200)
         has_code = isinstance(data, dict) and isinstance(data.get("code"), str)
         if answer.status >= 500 or answer.status in (404, 405) or not has_code:
@@ -1241,7 +1230,7 @@ async def fetch_token(settings: DingTalkAppSettings, ctx: SendContext) -> Fetche
         token = data.get("access_token") if isinstance(data, dict) else None
         if outcome.kind == "delivered" and isinstance(token, str) and token:
             assert isinstance(data, dict)
-            got.append(FetchedToken(token, _expires_in(data.get("expires_in"))))
+            got.append(FetchedToken(token, token_lifetime_s(data.get("expires_in"))))
         elif outcome.kind == "delivered":
             return Outcome.failed(
                 "gettoken answered errcode 0 without an access_token: check oapi_base",

@@ -19,14 +19,16 @@ from msgpush.channels.base import (
     Outcome,
     RateLimit,
     SendContext,
-    TokenFetchFailed,
     VendorCode,
     VendorRequest,
     VendorResponse,
+    cached_token,
     http_status_outcome,
     secret_field,
     token_key,
+    token_lifetime_s,
     vendor_outcome,
+    with_step,
 )
 from msgpush.channels.feishu_bot import text_mentions
 from msgpush.channels.feishu_card import fit_card, unpingable
@@ -40,8 +42,6 @@ OFFICIAL_HOSTS = ("open.feishu.cn", "open.larksuite.com")
 API_PREFIX = "/open-apis"
 TOKEN_PATH = "/open-apis/auth/v3/tenant_access_token/internal"  # vendors.md §3.1
 SEND_PATH = "/open-apis/im/v1/messages"  # vendors.md §3.2
-# vendors.md §3.1: a token lives at most 2 h; assumed when an answer lacks "expire".
-DEFAULT_TOKEN_TTL_S = 7200.0
 # vendors.md §3.2 "Limits": 50 calls a second and 1000 a minute per app; 5 a second to one user,
 # and 5 a second to one group shared by every bot in it.
 APP_PER_SECOND = 50
@@ -672,25 +672,7 @@ def read_token(
             status_code=response.status,
             vendor_code="0",
         ), None
-    return outcome, FetchedToken(token, _lifetime(body.get("expire")))
-
-
-def _lifetime(value: Any) -> float:
-    """``expire``: the token's REMAINING lifetime in seconds (vendors.md §3.1; peers.md D1: read
-    that exact name), 7200 when absent or odd."""
-    if isinstance(value, bool):
-        return DEFAULT_TOKEN_TTL_S
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value)
-    if isinstance(value, int | float) and value > 0:
-        return float(value)
-    return DEFAULT_TOKEN_TTL_S
-
-
-def _step(outcome: Outcome, prefix: str) -> Outcome:
-    if outcome.kind == "delivered" or not outcome.diagnosis:
-        return outcome
-    return replace(outcome, diagnosis=prefix + outcome.diagnosis)
+    return outcome, FetchedToken(token, token_lifetime_s(body.get("expire")))
 
 
 def _recipient_level(outcome: Outcome) -> bool:
@@ -728,7 +710,7 @@ class Tally:
         """One outcome for several recipients' answers of the same kind."""
         if len(outcomes) == 1:
             target, outcome = outcomes[0]
-            return _step(outcome, self.step(target))
+            return with_step(outcome, self.step(target))
         reasons = "; ".join(f"{t.label()}: {o.diagnosis}" for t, o in outcomes)
         return replace(outcomes[-1][1], diagnosis=f"{SEND_STEP}{reasons}")
 
@@ -793,7 +775,7 @@ class FeishuAppChannel(ChannelType):
         placeholder = FeishuAppSettings.model_construct(
             app_id="cli_?", app_secret=SecretStr(""), api_base=FEISHU_API_BASE
         )
-        return _step(read_answer(response, SEND_ERRORS, placeholder), SEND_STEP)
+        return with_step(read_answer(response, SEND_ERRORS, placeholder), SEND_STEP)
 
     async def _token(self, settings: FeishuAppSettings, ctx: SendContext) -> tuple[str, str]:
         """(cache key, tenant_access_token): the shared cache's, or a new one."""
@@ -805,23 +787,10 @@ class FeishuAppChannel(ChannelType):
             timeout_s=REQUEST_TIMEOUT_S,
         )
 
-        async def fetch() -> FetchedToken:
-            got: list[FetchedToken] = []
-
-            def classify(response: VendorResponse) -> Outcome:
-                outcome, fetched = read_token(response, settings)
-                if fetched is not None:
-                    got.append(fetched)
-                return outcome
-
-            outcome = await ctx.exchange(request, classify)
-            if not got:
-                raise TokenFetchFailed(_step(outcome, TOKEN_STEP))
-            return got[0]
-
-        if ctx.tokens is None:
-            return key, (await fetch()).token
-        return key, await ctx.tokens.get(key, fetch)
+        token = await cached_token(
+            ctx, key, request, lambda response: read_token(response, settings), TOKEN_STEP
+        )
+        return key, token
 
     async def send(self, message: Message, settings: Any, ctx: SendContext) -> Outcome:
         requests = plan(message, settings, ctx)
@@ -842,14 +811,14 @@ class FeishuAppChannel(ChannelType):
             elif outcome.kind == "refresh_token":
                 if ctx.tokens is not None:
                     await ctx.tokens.invalidate(key, token)
-                return _step(outcome, tally.step(request.target))
+                return with_step(outcome, tally.step(request.target))
             elif _recipient_level(outcome):
                 tally.refused.append((request.target, outcome))
             elif outcome.kind == "retry" and outcome.vendor_code == "230020":
                 tally.waiting.append((request.target, outcome))
             else:
                 # the app, the content or the connection: the other recipients fare no better
-                outcome = _step(outcome, tally.step(request.target))
+                outcome = with_step(outcome, tally.step(request.target))
                 return replace(outcome, diagnosis=(outcome.diagnosis or "") + tally.progress())
         if tally.waiting:
             outcome = tally.each(tally.waiting)

@@ -19,14 +19,16 @@ from msgpush.channels.base import (
     Outcome,
     RateLimit,
     SendContext,
-    TokenFetchFailed,
     VendorCode,
     VendorRequest,
     VendorResponse,
+    cached_token,
     http_status_outcome,
     secret_field,
     token_key,
+    token_lifetime_s,
     vendor_outcome,
+    with_step,
 )
 from msgpush.channels.render import LEVEL_LABELS, TRUNCATION_MARKER, cut_chars, utf8_len
 from msgpush.channels.wecom_common import (
@@ -49,9 +51,6 @@ WECOM_HOST = "qyapi.weixin.qq.com"
 GETTOKEN_PATH = "/cgi-bin/gettoken"
 SEND_PATH = "/cgi-bin/message/send"
 APPCHAT_PATH = "/cgi-bin/appchat/send"
-# gettoken normally grants 7200 s; wechatpy and apprise assume it when expires_in is missing
-# (vendors.md §1.1).
-DEFAULT_TOKEN_TTL_S = 7200.0
 # One message/send reaches at most 1000 users, 100 departments and 100 tags (vendors.md §1.2).
 MAX_USERS = 1000
 MAX_PARTIES = 100
@@ -779,24 +778,7 @@ def read_token(
             status_code=response.status,
             vendor_code="0",
         ), None
-    return outcome, FetchedToken(token, _lifetime(body.get("expires_in")))
-
-
-def _lifetime(value: Any) -> float:
-    """expires_in in seconds (peers.md D1: read that exact name); 7200 when absent or odd."""
-    if isinstance(value, bool):
-        return DEFAULT_TOKEN_TTL_S
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value)
-    if isinstance(value, int | float) and value > 0:
-        return float(value)
-    return DEFAULT_TOKEN_TTL_S
-
-
-def _step(outcome: Outcome, prefix: str) -> Outcome:
-    if outcome.kind == "delivered" or not outcome.diagnosis:
-        return outcome
-    return replace(outcome, diagnosis=prefix + outcome.diagnosis)
+    return outcome, FetchedToken(token, token_lifetime_s(body.get("expires_in")))
 
 
 class WeComAppChannel(ChannelType):
@@ -833,7 +815,7 @@ class WeComAppChannel(ChannelType):
         return plan(message, settings, ctx)[0].request(settings.api_base, "ACCESS_TOKEN")
 
     def classify(self, response: VendorResponse) -> Outcome:
-        return _step(self._read_send(response, None, None), SEND_STEP)
+        return with_step(self._read_send(response, None, None), SEND_STEP)
 
     def _read_send(
         self, response: VendorResponse, part: Part | None, settings: WeComAppSettings | None
@@ -862,23 +844,11 @@ class WeComAppChannel(ChannelType):
             f"&corpsecret={quote(secret, safe='')}"
         )
 
-        async def fetch() -> FetchedToken:
-            got: list[FetchedToken] = []
-
-            def classify(response: VendorResponse) -> Outcome:
-                outcome, fetched = read_token(response, settings)
-                if fetched is not None:
-                    got.append(fetched)
-                return outcome
-
-            outcome = await ctx.exchange(VendorRequest("GET", url), classify)
-            if not got:
-                raise TokenFetchFailed(_step(outcome, TOKEN_STEP))
-            return got[0]
-
-        if ctx.tokens is None:
-            return key, (await fetch()).token
-        return key, await ctx.tokens.get(key, fetch)
+        request = VendorRequest("GET", url)
+        token = await cached_token(
+            ctx, key, request, lambda response: read_token(response, settings), TOKEN_STEP
+        )
+        return key, token
 
     async def send(self, message: Message, settings: Any, ctx: SendContext) -> Outcome:
         parts = plan(message, settings, ctx)
@@ -913,10 +883,10 @@ class WeComAppChannel(ChannelType):
                     diagnosis=f"{outcome.diagnosis}. {number - 1} of {len(parts)} requests had "
                     "gone out before this one",
                 )
-            return _step(outcome, step)
+            return with_step(outcome, step)
         if delivered is None:
             if len(parts) == 1:
-                return _step(refused[0][1], SEND_STEP)
+                return with_step(refused[0][1], SEND_STEP)
             reasons = "; ".join(f"{part.who()}: {outcome.diagnosis}" for part, outcome in refused)
             return replace(refused[-1][1], diagnosis=SEND_STEP + reasons)
         notes = [rejected.warning(), *_notes(message, settings)]
