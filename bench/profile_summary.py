@@ -2,9 +2,11 @@
 
     .venv/bin/python bench/profile_summary.py /tmp/prof/msgpush-single.txt [--top 25]
 
-The profiles come from ``bench/throughput.py --profile DIR``. Each sample is one stack of
-one thread that was running (py-spy leaves idle threads out), so shares are shares of the CPU
-msgpush used. Printed:
+The profiles come from ``bench/throughput.py --profile DIR``, which records with ``--gil``:
+each sample is the stack of the thread holding the GIL, i.e. of msgpush's Python work, which
+runs one thread at a time. Samples are taken on a wall clock, so a GIL holder that the OS has
+descheduled still counts (``--exclude FILE:LINE`` leaves such lines out; ``perf_summary.py``
+shows real CPU). Printed:
 
 - where: which part of msgpush the sample belongs to (API request, delivery engine, the
   group-commit writer, the aiosqlite threads that run SQLite, the event loop itself);
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import linecache
 import re
+import signal
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -216,7 +219,7 @@ def summarise(path: Path, top: int) -> None:
     if not total:
         print(f"{path}: no samples")
         return
-    print(f"{path}: {total} samples (running threads only)")
+    print(f"{path}: {total} samples (GIL holder, see --help)")
     table("where (part of msgpush):", by_where, total, top)
     table("what (library, innermost frame first):", by_what, total, top)
     table("where / what:", by_pair, total, top)
@@ -226,6 +229,7 @@ def summarise(path: Path, top: int) -> None:
 
 
 def main() -> None:
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `| head` ends quietly
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("profiles", type=Path, nargs="+")
     parser.add_argument("--top", type=int, default=20)

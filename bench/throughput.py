@@ -23,7 +23,16 @@ and the CPU each process used per phase. It prints every figure and the targets 
 
 Exit status: 0 all targets pass, 1 some target fails, 2 the benchmark could not run.
 Everything shares the machine's cores: the load generator and the receiver are part of the
-measurement, which is why each phase also prints the CPU each process used.
+measurement, which is why each phase also prints the CPU each process used, what else was
+running ("other"), and msgpush's CPU milliseconds per message, the figure least disturbed by
+other work on the machine.
+
+More options (``--help``): ``--phases`` (a subset), ``--src DIR`` (measure a source snapshot
+instead of the working tree), ``--server-cmd`` (a wrapper such as ``bench/server_variants.py``
+to try a change from outside), ``--server-env``, ``--split-worker`` (``serve --no-worker`` plus
+``msgpush worker``), ``--profile DIR [--perf] [--native]`` (read the output with
+``bench/profile_summary.py`` and ``bench/perf_summary.py``), ``--json FILE``. Every child
+process gets SIGTERM if the benchmark itself dies (PR_SET_PDEATHSIG).
 """
 
 from __future__ import annotations
@@ -116,7 +125,8 @@ def proc_status_kb(pid: int, key: str) -> int | None:
 
 def machine_busy() -> tuple[int, int]:
     """(busy, total) jiffies of all CPUs, from the first line of /proc/stat."""
-    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    # user nice system idle iowait irq softirq steal (guest time is already in user/nice)
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
     idle = values[3] + (values[4] if len(values) > 4 else 0)
     return sum(values) - idle, sum(values)
 
@@ -578,7 +588,9 @@ class Bench:
         if busy > 0.3:
             print("    WARNING: something else is using the CPU; the figures will be noisy")
         conc = self.args.concurrency
-        connector = aiohttp.TCPConnector(limit=max(conc, 8))
+        # idle keep-alive connections are dropped by the client before uvicorn's 5 s timeout
+        # closes them from its side, so a request never lands on a connection being closed
+        connector = aiohttp.TCPConnector(limit=max(conc, 8), keepalive_timeout=2.0)
         timeout = aiohttp.ClientTimeout(total=120)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
             self.session = session

@@ -66,3 +66,32 @@ def test_secretbox_and_masks() -> None:
     assert mask("short") == MASK
     assert mask({"Authorization": "x"}) == {"Authorization": MASK}
     assert is_masked(MASK + "3456") and is_masked({"a": MASK}) and not is_masked("plain")
+
+
+async def test_resolve_survives_a_cache_that_expires_while_the_connection_is_returned(
+    tmp_path: object, monkeypatch: object
+) -> None:
+    """Under load, giving the read connection back once took longer than the cache's TTL, and a
+    message to an existing channel was refused as unknown; resolve must use the rows it read."""
+    import pytest
+
+    from msgpush import channel_service
+    from msgpush.channel_service import ChannelService
+    from msgpush.settings import Settings
+    from msgpush.storage.db import Database
+
+    assert isinstance(monkeypatch, pytest.MonkeyPatch)
+    db = Database(Settings(data_dir=tmp_path))  # type: ignore[arg-type]
+    await db.start()
+    try:
+        from cryptography.fernet import Fernet
+
+        service = ChannelService(db, SecretBox(Fernet.generate_key()))
+        await service.create(
+            {"name": "ops", "type": "webhook", "config": {"url": "http://127.0.0.1:9/"}}
+        )
+        monkeypatch.setattr(channel_service, "CACHE_TTL_S", -1.0)  # every entry already stale
+        [target] = await service.resolve(["ops"])
+        assert target.channel_name == "ops"
+    finally:
+        await db.close()

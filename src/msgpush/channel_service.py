@@ -344,7 +344,10 @@ class ChannelService:
     async def resolve(self, refs: list[str], field: str = "channels") -> list[Target]:
         """Channel names or ids -> delivery targets; 422 naming an unknown or disabled one."""
         targets: list[Target] = []
-        missing = [ref for ref in refs if not self._cached_ref(ref)]
+        # resolved from the cache or from the rows fetched now, never by a second look at the
+        # cache: under load, giving the connection back can outlast the cache's TTL
+        found = {ref: row for ref in refs if (row := self._cached_ref(ref)) is not None}
+        missing = [ref for ref in refs if ref not in found]
         if missing:
             async with self._db.read() as conn:
                 rows = await conn.execute(
@@ -356,8 +359,10 @@ class ChannelService:
                 for row in rows:
                     self._refs[row.id] = (stamp, row)
                     self._refs[row.name] = (stamp, row)
+                    found.setdefault(row.id, row)
+                    found.setdefault(row.name, row)
         for index, ref in enumerate(refs):
-            row = self._cached_ref(ref)
+            row = found.get(ref)
             if row is None:
                 raise ApiError(
                     422,

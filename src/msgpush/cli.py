@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import signal
@@ -95,6 +96,8 @@ def worker(data_dir: DataDir = None) -> None:
     async def run() -> None:
         runtime = Runtime(settings, worker=True)
         await runtime.start()
+        gc.collect()
+        gc.freeze()  # see api/app.py: long-lived objects out of the full collections
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
