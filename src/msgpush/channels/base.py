@@ -146,6 +146,25 @@ class TokenSource(Protocol):
     async def invalidate(self, key: str, token: str) -> None: ...
 
 
+def token_in_answer(
+    outcome: Outcome,
+    response: VendorResponse,
+    token_field: str,
+    lifetime_field: str,
+    missing: str,
+) -> tuple[Outcome, FetchedToken | None]:
+    """The token an accepted token answer carries, or a failure saying ``missing``: an answer
+    that says success without a token is never taken as one (peers.md D12)."""
+    if outcome.kind != "delivered":
+        return outcome, None
+    body = response.json()
+    token = body.get(token_field) if isinstance(body, dict) else None
+    if not isinstance(token, str) or not token.strip():
+        failed = Outcome.failed(missing, status_code=response.status, vendor_code="0")
+        return failed, None
+    return outcome, FetchedToken(token, token_lifetime_s(body.get(lifetime_field)))
+
+
 TokenReader = Callable[["VendorResponse"], tuple[Outcome, FetchedToken | None]]
 
 

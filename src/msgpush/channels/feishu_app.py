@@ -25,8 +25,8 @@ from msgpush.channels.base import (
     cached_token,
     http_status_outcome,
     secret_field,
+    token_in_answer,
     token_key,
-    token_lifetime_s,
     vendor_outcome,
     with_step,
 )
@@ -659,20 +659,12 @@ def read_token(
     response: VendorResponse, settings: FeishuAppSettings
 ) -> tuple[Outcome, FetchedToken | None]:
     """A tenant_access_token answer: the token and its remaining lifetime, or why there is none."""
+    missing = (
+        "tenant_access_token answered code 0 without a token; check that api_base "
+        f"({settings.api_base}) leads to Feishu"
+    )
     outcome = read_answer(response, TOKEN_ERRORS, settings)
-    if outcome.kind != "delivered":
-        return outcome, None
-    body = response.json()
-    token = body.get("tenant_access_token")
-    if not isinstance(token, str) or not token.strip():
-        # never go on with an empty token (peers.md D12)
-        return Outcome.failed(
-            "tenant_access_token answered code 0 without a token; check that api_base "
-            f"({settings.api_base}) leads to Feishu",
-            status_code=response.status,
-            vendor_code="0",
-        ), None
-    return outcome, FetchedToken(token, token_lifetime_s(body.get("expire")))
+    return token_in_answer(outcome, response, "tenant_access_token", "expire", missing)
 
 
 def _recipient_level(outcome: Outcome) -> bool:

@@ -25,8 +25,8 @@ from msgpush.channels.base import (
     cached_token,
     http_status_outcome,
     secret_field,
+    token_in_answer,
     token_key,
-    token_lifetime_s,
     vendor_outcome,
     with_step,
 )
@@ -765,20 +765,12 @@ def read_token(
     response: VendorResponse, settings: WeComAppSettings
 ) -> tuple[Outcome, FetchedToken | None]:
     """A gettoken answer: the token and its lifetime, or why there is none."""
+    missing = (
+        "gettoken answered errcode 0 without an access_token; check that api_base "
+        f"({settings.api_base}) leads to WeCom"
+    )
     outcome = read_answer(response, TOKEN_ERRORS, settings)
-    if outcome.kind != "delivered":
-        return outcome, None
-    body = response.json()
-    token = body.get("access_token")
-    if not isinstance(token, str) or not token.strip():
-        # never go on with an empty token (peers.md D12)
-        return Outcome.failed(
-            "gettoken answered errcode 0 without an access_token; check that api_base "
-            f"({settings.api_base}) leads to WeCom",
-            status_code=response.status,
-            vendor_code="0",
-        ), None
-    return outcome, FetchedToken(token, token_lifetime_s(body.get("expires_in")))
+    return token_in_answer(outcome, response, "access_token", "expires_in", missing)
 
 
 class WeComAppChannel(ChannelType):

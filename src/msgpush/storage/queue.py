@@ -19,8 +19,6 @@ from msgpush.ids import new_id, now_ms
 from msgpush.storage.db import Database
 from msgpush.storage.schema import deliveries, delivery_attempts, events, messages
 
-UNFINISHED = ("queued", "sending", "retrying")
-
 
 @dataclass(frozen=True)
 class Target:
