@@ -103,24 +103,49 @@ def url(port: int, path: str) -> str:
     return f"http://{HOST}:{port}{path}"
 
 
-def proc_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process (all its threads) from /proc."""
+def descendants(pid: int) -> list[int]:
+    """The live children of a process, their children, and so on (msgpush's worker processes)."""
+    found: list[int] = []
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
     except OSError:
-        return 0.0
-    fields = stat.rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+        return found
+    for task in tasks:
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for child in map(int, children):
+            found += [child, *descendants(child)]
+    return found
 
 
-def proc_status_kb(pid: int, key: str) -> int | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
+def proc_cpu_s(pid: int, tree: bool = False) -> float:
+    """User + system CPU seconds of a process (all its threads), with ``tree`` plus its live
+    descendants (msgpush's delivery worker processes), from /proc."""
+    total = 0.0
+    for each in (pid, *(descendants(pid) if tree else ())):
+        try:
+            stat = Path(f"/proc/{each}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rpartition(")")[2].split()
+        total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return total
+
+
+def proc_status_kb(pid: int, key: str) -> int | None:  # always msgpush's tree
+    """A /proc status figure (VmRSS, VmHWM) of a process, summed over it and its live
+    descendants: msgpush's memory is that of all its processes."""
+    total: int | None = None
+    for each in (pid, *descendants(pid)):
+        try:
+            for line in Path(f"/proc/{each}/status").read_text().splitlines():
+                if line.startswith(key + ":"):
+                    total = (total or 0) + int(line.split()[1])
+        except OSError:
+            continue
+    return total
 
 
 def machine_busy() -> tuple[int, int]:
@@ -184,6 +209,9 @@ class Service:
             self.proc.wait(5)
 
 
+TREES = {"msgpush", "worker"}  # counted with their child processes
+
+
 class CpuMeter:
     """CPU seconds used by each process (and the whole machine) between start() and stop()."""
 
@@ -196,14 +224,17 @@ class CpuMeter:
         self.seconds: dict[str, float] = {}
 
     def start(self) -> CpuMeter:
-        self._cpu = {name: proc_cpu_s(pid) for name, pid in self.pids.items()}
+        self._cpu = {name: proc_cpu_s(pid, name in TREES) for name, pid in self.pids.items()}
         self._machine = machine_busy()
         self._wall = time.monotonic()
         return self
 
     def stop(self) -> dict[str, float]:
         wall = max(time.monotonic() - self._wall, 1e-9)
-        self.seconds = {name: proc_cpu_s(pid) - self._cpu[name] for name, pid in self.pids.items()}
+        self.seconds = {
+            name: proc_cpu_s(pid, name in TREES) - self._cpu[name]
+            for name, pid in self.pids.items()
+        }
         self.cores = {name: used / wall for name, used in self.seconds.items()}
         busy, total = machine_busy()
         cores = os.cpu_count() or 1
@@ -463,7 +494,16 @@ class Profiler:
         # --gil: only the thread holding the GIL, i.e. where msgpush's Python time goes (the
         # process runs Python on one core at a time; C code that releases the GIL, such as
         # SQLite in the aiosqlite threads, is what --perf shows)
-        argv = [self.py_spy, "record", "--pid", str(self.pid), "--rate", "200", "--gil"]
+        argv = [
+            self.py_spy,
+            "record",
+            "--pid",
+            str(self.pid),
+            "--rate",
+            "200",
+            "--gil",
+            "--subprocesses",
+        ]
         argv += ["--threads", "--format", "raw", "--full-filenames", "--output", str(output)]
         if self.native:
             argv.append("--native")

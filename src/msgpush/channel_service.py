@@ -8,7 +8,7 @@ on the hot path).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -38,6 +38,11 @@ class LoadedChannel:
     enabled: bool
     limit: RateLimit
     secrets: list[str]
+
+    limited: bool = field(init=False)  # sends take a slot in a rate window (webhooks: no)
+
+    def __post_init__(self) -> None:
+        self.limited = bool(self.limit.windows())
 
 
 def channel_type_or_error(type_id: Any, field: str = "type") -> ChannelType:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -65,13 +67,27 @@ def serve(
     no_worker: Annotated[
         bool, typer.Option("--no-worker", help="API only; no delivery workers.")
     ] = False,
+    delivery_processes: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=64,
+            help="Also start this many delivery worker processes (MSGPUSH_DELIVERY_PROCESSES).",
+        ),
+    ] = None,
 ) -> None:
-    """Run the API, the web console and the delivery workers in one process."""
+    """Run the API, the web console and the delivery workers (in this process, and in as many
+    worker processes beside it as delivery_processes says)."""
     import uvicorn
 
-    from msgpush.api.app import build
-
     settings = _settings(data_dir)
+    if delivery_processes is not None:
+        settings.delivery_processes = delivery_processes
+    if settings.delivery_processes and not no_worker:
+        _metrics_in_files(settings.data_dir / "metrics")
+
+    from msgpush.api.app import build  # after _metrics_in_files: it imports prometheus_client
+
     _logging(settings.log_level)
     where = (settings.database_url and "PostgreSQL") or f"SQLite in {settings.data_dir.resolve()}"
     typer.echo(f"msgpush: serving on http://{host}:{port} ({where})", err=True)
@@ -85,9 +101,24 @@ def serve(
     )
 
 
+def _metrics_in_files(directory: Path) -> None:
+    """Worker processes may send: their metrics must reach /metrics too. prometheus_client's
+    multiprocess mode keeps every process's figures in files; it has to be chosen before the
+    library is first imported (see msgpush/metrics.py)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("*.db"):  # figures of an earlier run's processes
+        stale.unlink()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory.resolve())
+
+
 @app.command()
 def worker(data_dir: DataDir = None) -> None:
     """Run delivery workers only (share the database with one or more `serve --no-worker`)."""
+    import uvloop
+
+    from msgpush.delivery.processes import listen_to_parent, tell_parent_ready
     from msgpush.runtime import Runtime
 
     settings = _settings(data_dir)
@@ -96,17 +127,29 @@ def worker(data_dir: DataDir = None) -> None:
     async def run() -> None:
         runtime = Runtime(settings, worker=True)
         await runtime.start()
+        assert runtime.engine is not None
         gc.collect()
         gc.freeze()  # see api/app.py: long-lived objects out of the full collections
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        typer.echo("msgpush: worker running", err=True)
-        await stop.wait()
+        engine = runtime.engine
+        if listen_to_parent(engine.notify, stop.set):
+            # A child of serve: Ctrl-C reaches the whole group, and the parent decides.
+            loop.add_signal_handler(signal.SIGINT, lambda: None)
+            tell_parent_ready()
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=1.0)
+                if engine.idle_s() >= settings.delivery_process_idle_s:
+                    break  # nothing to send for a while: serve sends again itself
+        else:
+            typer.echo("msgpush: worker running", err=True)
+            await stop.wait()
         await runtime.stop()
 
-    asyncio.run(run())
+    uvloop.run(run())
 
 
 @db_app.command("upgrade")

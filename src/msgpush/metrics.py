@@ -1,8 +1,25 @@
-"""Prometheus metrics, served at ``/metrics``."""
+"""Prometheus metrics, served at ``/metrics``.
+
+When ``serve`` may start delivery worker processes it sets ``PROMETHEUS_MULTIPROC_DIR``
+before this module is imported (prometheus_client's multiprocess mode): every process then
+writes its figures to files there and ``/metrics`` adds them up, so the counts of sends made
+by worker processes are served too, and survive a worker's exit.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+import functools
+import os
+from typing import Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 
 MESSAGES_ACCEPTED = Counter(
     "msgpush_messages_accepted_total", "Messages stored and answered 202", ["api"]
@@ -31,6 +48,44 @@ ENQUEUE_TO_DELIVERED = Histogram(
 RATE_LIMIT_WAITS = Counter(
     "msgpush_rate_limit_waits_total", "Deliveries deferred to their channel's next rate window"
 )
-INFLIGHT = Gauge("msgpush_deliveries_inflight", "Deliveries being sent by this process")
-QUEUE_DEPTH = Gauge("msgpush_queue_depth", "Unfinished deliveries by status", ["status"])
+INFLIGHT = Gauge(
+    "msgpush_deliveries_inflight", "Deliveries being sent now", multiprocess_mode="livesum"
+)
+QUEUE_DEPTH = Gauge(
+    "msgpush_queue_depth",
+    "Unfinished deliveries by status",
+    ["status"],
+    multiprocess_mode="mostrecent",
+)
 TOKEN_FETCHES = Counter("msgpush_vendor_token_fetches_total", "Access tokens fetched from vendors")
+
+
+# ``labels(...)`` looks its child up under a lock on every call; the engine asks per attempt.
+@functools.cache
+def attempt_counter(channel_type: str, outcome: str) -> Any:
+    return ATTEMPTS.labels(channel_type, outcome)
+
+
+@functools.cache
+def attempt_seconds(channel_type: str) -> Any:
+    return ATTEMPT_SECONDS.labels(channel_type)
+
+
+@functools.cache
+def finished_counter(channel_type: str, status: str) -> Any:
+    return DELIVERIES_FINISHED.labels(channel_type, status)
+
+
+def exposition() -> bytes:
+    """The text ``/metrics`` answers: this process's registry, or every process's figures."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return generate_latest()
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return generate_latest(registry)
+
+
+def process_gone(pid: int) -> None:
+    """A worker process ended: drop its live gauges (its counters stay counted)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]

@@ -8,6 +8,7 @@ from msgpush.channel_service import ChannelService
 from msgpush.delivery.engine import Engine
 from msgpush.delivery.http import HttpClient
 from msgpush.delivery.limits import RateLimiter
+from msgpush.delivery.processes import WorkerProcesses
 from msgpush.delivery.tokens import TokenCache
 from msgpush.secretbox import SecretBox, load_or_create_key
 from msgpush.settings import Settings
@@ -20,7 +21,9 @@ log = logging.getLogger(__name__)
 
 
 class Runtime:
-    def __init__(self, settings: Settings, *, worker: bool = True) -> None:
+    def __init__(
+        self, settings: Settings, *, worker: bool = True, worker_processes: int = 0
+    ) -> None:
         self.settings = settings
         self.db = Database(settings)
         self.box = SecretBox(load_or_create_key(settings.data_dir, settings.secret_key))
@@ -36,6 +39,12 @@ class Runtime:
             if worker
             else None
         )
+        self.worker_processes: WorkerProcesses | None = None
+        if self.engine is not None and worker_processes:
+            self.worker_processes = WorkerProcesses(
+                worker_processes, settings.data_dir, self._workers_ready
+            )
+            self.engine.on_backlog = self.worker_processes.scale_up
 
     async def start(self) -> None:
         await self.db.start()
@@ -44,14 +53,37 @@ class Runtime:
             self.engine.start()
 
     async def stop(self) -> None:
+        if self.worker_processes is not None:
+            await self.worker_processes.stop()
         if self.engine is not None:
             await self.engine.stop()
         await self.http.close()
         await self.db.close()
 
+    def worker_processes_state(self) -> dict[str, int]:
+        """For /healthz: how many worker processes may run, run, and are sending."""
+        workers = self.worker_processes
+        return {
+            "max": workers.count if workers else 0,
+            "running": workers.running if workers else 0,
+            "ready": workers.ready if workers else 0,
+            "started_total": workers.started_total if workers else 0,
+        }
+
+    def _workers_ready(self, count: int) -> None:
+        """Worker processes send while any is ready; this process's engine otherwise."""
+        assert self.engine is not None
+        if count:
+            self.engine.pause()
+        else:
+            self.engine.resume()
+
     def notify(self) -> None:
+        """Messages were stored: wake the engines that send them, here and in child workers."""
         if self.engine is not None:
             self.engine.notify()
+        if self.worker_processes is not None:
+            self.worker_processes.notify()
 
     async def ensure_admin_token(self) -> str | None:
         """On first start, create an admin token and return it (to be printed once)."""

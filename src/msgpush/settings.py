@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_delivery_processes(cores: int | None) -> int:
+    """One sending process per core, up to 4 (past that SQLite's single writer is the limit);
+    none on a single core, where another process only competes with the API for it."""
+    cores = cores or 1
+    return min(cores, 4) if cores > 1 else 0
 
 
 class Settings(BaseSettings):
@@ -23,6 +31,18 @@ class Settings(BaseSettings):
     )
     # Delivery engine
     workers: int = Field(default=64, ge=1, le=1024, description="concurrent sends per process")
+    delivery_processes: int = Field(
+        default_factory=lambda: default_delivery_processes(os.cpu_count()),
+        ge=0,
+        le=64,
+        description=(
+            "worker processes `serve` starts when deliveries fall behind its own engine "
+            "(default: one per core, at most 4; 0 on one core: never)"
+        ),
+    )
+    delivery_process_idle_s: float = Field(
+        default=30.0, gt=0, description="a worker process started by serve exits this idle"
+    )
     lease_s: float = Field(
         default=60.0, gt=0, description="claim lease; a dead worker's claims return"
     )

@@ -17,6 +17,7 @@ import re
 import socket
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +37,11 @@ from msgpush.storage.queue import AttemptRecord, Claimed, Queue
 log = logging.getLogger(__name__)
 
 CLAIM_BATCH = 100
+# Claim again once a quarter of the send slots are free, or this long after the first one
+# freed: one claim (a write and its commit) per several sends instead of one per send.
+REFILL_WAIT_S = 0.005
+# More due work than send slots for this long is a backlog (``on_backlog``).
+BACKLOG_AFTER_S = 0.5
 MAX_TIMER_MS = 300_000  # later work is found by polling
 JANITOR_EVERY_S = 5.0
 TEST_MESSAGE = Message(
@@ -89,6 +95,11 @@ class Engine:
         )
         self._wake = asyncio.Event()
         self._slot_free = asyncio.Event()
+        self._running = asyncio.Event()
+        self._running.set()
+        self._busy_since: float | None = None
+        self.last_work = time.monotonic()
+        self.on_backlog: Callable[[], None] | None = None
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -121,6 +132,19 @@ class Engine:
         """Something became due (a message was accepted here): look now, not at the next poll."""
         self._wake.set()
 
+    def pause(self) -> None:
+        """Claim nothing more (sends in flight finish): worker processes are sending instead."""
+        self._running.clear()
+
+    def resume(self) -> None:
+        self._running.set()
+        self._busy_since = None
+        self.notify()
+
+    def idle_s(self) -> float:
+        """Seconds since this engine last had anything to send."""
+        return 0.0 if self._inflight else time.monotonic() - self.last_work
+
     def _wake_at(self, delay_ms: int) -> None:
         """Look again when a delivery this process put off falls due, not a poll later."""
         if delay_ms <= MAX_TIMER_MS:
@@ -130,18 +154,28 @@ class Engine:
 
     async def _claim_loop(self) -> None:
         lease_ms = int(self._settings.lease_s * 1000)
+        workers = self._settings.workers
+        refill_at = max(1, workers // 4)
         while not self._stopping:
-            free = self._settings.workers - len(self._inflight)
+            if not self._running.is_set():
+                await self._running.wait()
+                continue
+            free = workers - len(self._inflight)
             if free <= 0:
                 self._slot_free.clear()
                 await self._slot_free.wait()
                 continue
+            if free < refill_at and self._inflight:
+                await asyncio.sleep(REFILL_WAIT_S)
+                free = workers - len(self._inflight)
             self._wake.clear()
             want = min(free, CLAIM_BATCH)
             try:
                 claimed = await self._queue.claim(self.owner, want, lease_ms)
                 if claimed:
+                    self.last_work = time.monotonic()
                     await self._dispatch(claimed)
+                self._watch_backlog(len(claimed) == want)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -151,6 +185,17 @@ class Engine:
             if len(claimed) < want:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=self._settings.poll_s)
+
+    def _watch_backlog(self, full: bool) -> None:
+        if not full:
+            self._busy_since = None
+            return
+        now = time.monotonic()
+        if self._busy_since is None:
+            self._busy_since = now
+        elif now - self._busy_since >= BACKLOG_AFTER_S and self.on_backlog is not None:
+            self._busy_since = now
+            self.on_backlog()
 
     async def _dispatch(self, claimed: list[Claimed]) -> None:
         payloads = await self._queue.payloads(list({c.message_id for c in claimed}))
@@ -200,20 +245,23 @@ class Engine:
                 "enable it and resend"
             )
         else:
-            wait_ms = await self._limiter.acquire(channel.id, channel.limit)
-            if wait_ms:
-                metrics.RATE_LIMIT_WAITS.inc()
-                await self._queue.defer(claimed.id, self.owner, now_ms() + wait_ms)
-                self._wake_at(wait_ms)
-                return
-            stamp = await self._pacer.wait_turn(channel.id, channel.limit)
+            stamp = None
+            if channel.limited:
+                wait_ms = await self._limiter.acquire(channel.id, channel.limit)
+                if wait_ms:
+                    metrics.RATE_LIMIT_WAITS.inc()
+                    await self._queue.defer(claimed.id, self.owner, now_ms() + wait_ms)
+                    self._wake_at(wait_ms)
+                    return
+                stamp = await self._pacer.wait_turn(channel.id, channel.limit)
             payload, event_json, created_at = stored  # the event a message came from, if any
             message = Message.model_validate_json(payload)
             event = orjson.loads(event_json) if event_json else None
             try:
                 await self._attempt(claimed, channel, message, created_at, number, started, event)
             finally:
-                self._pacer.sent(channel.id, stamp)
+                if stamp is not None:
+                    self._pacer.sent(channel.id, stamp)
             return
         await self._queue.record(
             AttemptRecord(
@@ -253,8 +301,8 @@ class Engine:
         outcome = await send_once(channel, message, ctx)
         duration_ms = int((time.perf_counter() - clock) * 1000)
         type_id = channel.type.type_id
-        metrics.ATTEMPTS.labels(type_id, outcome.kind).inc()
-        metrics.ATTEMPT_SECONDS.labels(type_id).observe(duration_ms / 1000)
+        metrics.attempt_counter(type_id, outcome.kind).inc()
+        metrics.attempt_seconds(type_id).observe(duration_ms / 1000)
 
         next_at: int | None = None
         diagnosis = outcome.diagnosis
@@ -268,7 +316,7 @@ class Engine:
                 number - claimed.budget_attempts, claimed.budget_since, outcome
             )
         if status in ("delivered", "failed"):
-            metrics.DELIVERIES_FINISHED.labels(type_id, status).inc()
+            metrics.finished_counter(type_id, status).inc()
         elif next_at is not None:
             self._wake_at(next_at - now_ms())
         await self._queue.record(

@@ -7,6 +7,7 @@ and lets the channel classify the answer.
 
 from __future__ import annotations
 
+import functools
 import ssl
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+from yarl import URL
 
 from msgpush.channels.base import Exchanger, Outcome, VendorRequest, VendorResponse
 from msgpush.redact import redact_headers, redact_url, scrub, scrub_tokens
@@ -87,13 +89,12 @@ class HttpClient:
         if self._session is None:
             await self.start()
         assert self._session is not None
-        timeout = aiohttp.ClientTimeout(total=request.timeout_s)
         async with self._session.request(
             request.method,
-            request.url,
+            _parsed_url(request.url),
             data=request.body or None,
             headers=request.headers,
-            timeout=timeout,
+            timeout=_timeout(request.timeout_s),
             allow_redirects=False,
         ) as response:
             body = await response.content.read(MAX_RESPONSE_BYTES)
@@ -123,6 +124,17 @@ class HttpClient:
             return outcome
 
         return exchange
+
+
+@functools.lru_cache(maxsize=64)
+def _timeout(seconds: float) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(total=seconds)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed_url(url: str) -> URL:
+    """Channels send to a handful of URLs over and over; parse each once."""
+    return URL(url)
 
 
 def _transport_error(exc: aiohttp.ClientError) -> str:

@@ -72,7 +72,7 @@ class RateLimiter:
                 await conn.execute(insert(rate_events).values(channel_id=channel_id, at_ms=now))
             return wait
 
-        waited: int = await self._db.write(op)
+        waited: int = await self._db.write(op, durable=False)
         return waited
 
     async def forget_old(self) -> None:

@@ -230,7 +230,7 @@ class Queue:
             rows = await conn.execute(statement)
             return [Claimed(*row) for row in rows]
 
-        claimed: list[Claimed] = await self._db.write(op)
+        claimed: list[Claimed] = await self._db.write(op, durable=False)
         return claimed
 
     async def release_expired_leases(self) -> int:
@@ -251,7 +251,7 @@ class Queue:
             )
             return int(result.rowcount or 0)
 
-        released: int = await self._db.write(op)
+        released: int = await self._db.write(op, durable=False)
         return released
 
     async def release(self, delivery_ids: list[str], owner: str) -> None:
@@ -271,7 +271,7 @@ class Queue:
                 .values(status="queued", lease_owner=None, lease_until=None, updated_at=now)
             )
 
-        await self._db.write(op)
+        await self._db.write(op, durable=False)
 
     async def defer(self, delivery_id: str, owner: str, until_ms: int) -> None:
         """Put a claimed delivery back until ``until_ms`` without counting an attempt."""
@@ -290,7 +290,7 @@ class Queue:
                 )
             )
 
-        await self._db.write(op)
+        await self._db.write(op, durable=False)
 
     async def payloads(self, message_ids: list[str]) -> dict[str, tuple[str, str | None, int]]:
         """message id -> (payload JSON, the JSON of the event it came from or None, created_at)."""
@@ -305,7 +305,7 @@ class Queue:
     # -- record ------------------------------------------------------------------------------
 
     async def record(self, attempt: AttemptRecord) -> None:
-        await self._db.submit(_record_many, attempt)
+        await self._db.submit(_record_many, attempt, durable=False)
 
 
 _update_delivery = (
