@@ -354,7 +354,7 @@ class ChannelService:
         found = {ref: row for ref in refs if (row := self._cached_ref(ref)) is not None}
         missing = [ref for ref in refs if ref not in found]
         if missing:
-            async with self._db.read() as conn:
+            async with self._db.read_now() as conn:
                 rows = await conn.execute(
                     select(
                         channels.c.id, channels.c.name, channels.c.type, channels.c.enabled
@@ -396,7 +396,7 @@ class ChannelService:
         entry = self._loaded.get(channel_id)
         if entry is not None and time.monotonic() - entry[0] <= CACHE_TTL_S:
             return entry[1]
-        async with self._db.read() as conn:
+        async with self._db.read_now() as conn:
             row = (await conn.execute(select(channels).where(channels.c.id == channel_id))).first()
         loaded = self.build(row) if row is not None else None
         self._loaded[channel_id] = (time.monotonic(), loaded)

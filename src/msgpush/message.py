@@ -128,6 +128,10 @@ class SendRequest(Message):
     def message(self) -> Message:
         return Message.model_validate(self.model_dump(exclude={"channels", "idempotency_key"}))
 
+    def payload(self) -> dict[str, Any]:
+        """``message_payload(self.message())`` without validating the message a second time."""
+        return self.model_dump(mode="json", exclude={"channels", "idempotency_key"})
+
 
 class BatchSendRequest(Strict):
     messages: Annotated[list[SendRequest], Field(min_length=1, max_length=MAX_BATCH_MESSAGES)]

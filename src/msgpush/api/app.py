@@ -31,6 +31,7 @@ from msgpush.api import (
     tokens,
 )
 from msgpush.api.common import JSON
+from msgpush.api.ingest import IngestRoutes
 from msgpush.errors import ApiError, validation_error
 from msgpush.message import BatchSendRequest, SendRequest
 from msgpush.runtime import Runtime
@@ -242,4 +243,6 @@ def create_app(settings: Settings | None = None, *, worker: bool = True) -> Fast
 def build(settings: Settings | None = None, *, worker: bool = True) -> ASGIApp:
     """The app wrapped in the body-size guard: what uvicorn serves."""
     settings = settings or Settings()
-    return BodyLimit(create_app(settings, worker=worker), settings.max_body_bytes)
+    app = create_app(settings, worker=worker)
+    ingest = IngestRoutes(app, lambda: getattr(app.state, "runtime", None))
+    return BodyLimit(ingest, settings.max_body_bytes)

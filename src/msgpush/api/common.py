@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any, TypeVar
 
 import orjson
@@ -28,35 +28,40 @@ def runtime(request: Request) -> Runtime:
     return rt
 
 
-def bearer(request: Request) -> str | None:
-    header = request.headers.get("authorization")
+def bearer(header: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header."""
     if header:
         scheme, _, value = header.partition(" ")
         if scheme.lower() == "bearer" and value.strip():
             return value.strip()
-        return None
     return None
+
+
+async def authorize(rt: Runtime, authorization: str | None, allowed: Collection[str]) -> str:
+    """The role of the request's token; 401 without a valid one, 403 for another role."""
+    token = bearer(authorization)
+    if token is None:
+        raise ApiError(
+            401,
+            "unauthorized",
+            "missing API token: send the header Authorization: Bearer <token>",
+        )
+    role = await rt.tokens.role_of(token)
+    if role is None:
+        raise ApiError(401, "unauthorized", "the API token is not valid (unknown or deleted)")
+    if role not in allowed:
+        raise ApiError(
+            403, "forbidden", f"this route needs an admin token; this token's role is {role}"
+        )
+    return role
 
 
 def require(*roles: str) -> Callable[[Request], Awaitable[str]]:
     """A dependency admitting tokens with one of ``roles`` (admin is always admitted)."""
-    allowed = {"admin", *roles}
+    allowed = frozenset({"admin", *roles})
 
     async def check(request: Request) -> str:
-        token = bearer(request)
-        if token is None:
-            raise ApiError(
-                401,
-                "unauthorized",
-                "missing API token: send the header Authorization: Bearer <token>",
-            )
-        role = await runtime(request).tokens.role_of(token)
-        if role is None:
-            raise ApiError(401, "unauthorized", "the API token is not valid (unknown or deleted)")
-        if role not in allowed:
-            raise ApiError(
-                403, "forbidden", f"this route needs an admin token; this token's role is {role}"
-            )
+        role = await authorize(runtime(request), request.headers.get("authorization"), allowed)
         _refuse_nul(request)
         _refuse_unknown_query(request)
         return role
@@ -140,8 +145,11 @@ def _check_values(body: Any) -> None:
 
 
 async def read_model(request: Request, model: type[M], prefix: str = "") -> M:
-    """Parse and validate the raw body with pydantic in one pass (the hot path's parser)."""
-    body = await request.body()
+    return parse_model(await request.body(), model, prefix)
+
+
+def parse_model(body: bytes, model: type[M], prefix: str = "") -> M:
+    """Parse and validate a raw body with pydantic in one pass (the hot path's parser)."""
     if not body.strip():
         raise ApiError(400, "invalid_json", "the request body is empty; send a JSON object")
     try:

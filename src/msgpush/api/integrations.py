@@ -41,7 +41,7 @@ def _basic_password(request: Request) -> str | None:
 
 async def integration_sender(request: Request) -> str:
     """Sender or admin, by Bearer header, basic-auth password or ``?token=``."""
-    given = bearer(request) or _basic_password(request)
+    given = bearer(request.headers.get("authorization")) or _basic_password(request)
     if given is None and "authorization" not in request.headers:
         given = request.query_params.get("token") or None
     if given is None:

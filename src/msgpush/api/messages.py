@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Depends, Request
 
 from msgpush import metrics
-from msgpush.api.common import JSON, read_model, runtime, sender
+from msgpush.api.common import JSON, parse_model, runtime, sender
 from msgpush.errors import ApiError
-from msgpush.message import BatchSendRequest, SendRequest, message_payload
+from msgpush.message import BatchSendRequest, SendRequest
+from msgpush.runtime import Runtime
 from msgpush.storage.queue import NewMessage
 
 router = APIRouter()
+ACCEPTED_ONE = metrics.MESSAGES_ACCEPTED.labels("messages")
+ACCEPTED_BATCH = metrics.MESSAGES_ACCEPTED.labels("batch")
 
 
 def _body_schema(model: type) -> dict[str, object]:
@@ -32,20 +37,26 @@ def _body_schema(model: type) -> dict[str, object]:
     openapi_extra=_body_schema(SendRequest),
 )
 async def send_message(request: Request) -> JSON:
-    rt = runtime(request)
-    body = await read_model(request, SendRequest)
+    answer, headers = await accept_one(runtime(request), await request.body())
+    return JSON(answer, status_code=202, headers=headers)
+
+
+async def accept_one(rt: Runtime, raw: bytes) -> tuple[dict[str, Any], dict[str, str] | None]:
+    """Validate, resolve and durably store one message: the 202 answer and its headers.
+    (Also served without FastAPI by ``api/ingest.py``.)"""
+    body = parse_model(raw, SendRequest)
     targets = await rt.channels.resolve(body.channels)
     new = NewMessage(
-        payload=message_payload(body.message()),
+        payload=body.payload(),
         targets=targets,
         idempotency_key=body.idempotency_key,
     )
     [accepted] = await rt.queue.enqueue([new])
     if not accepted.replayed:
-        metrics.MESSAGES_ACCEPTED.labels("messages").inc()
+        ACCEPTED_ONE.inc()
         rt.notify()
     headers = {"Idempotent-Replayed": "true"} if accepted.replayed else None
-    return JSON(accepted.as_json(), status_code=202, headers=headers)
+    return accepted.as_json(), headers
 
 
 @router.post(
@@ -56,14 +67,19 @@ async def send_message(request: Request) -> JSON:
     openapi_extra=_body_schema(BatchSendRequest),
 )
 async def send_batch(request: Request) -> JSON:
-    rt = runtime(request)
-    body = await read_model(request, BatchSendRequest)
+    answer, _ = await accept_batch(runtime(request), await request.body())
+    return JSON(answer, status_code=202)
+
+
+async def accept_batch(rt: Runtime, raw: bytes) -> tuple[dict[str, Any], None]:
+    """Validate, resolve and durably store up to 1,000 messages, all or none."""
+    body = parse_model(raw, BatchSendRequest)
     batch = []
     for index, item in enumerate(body.messages):
         targets = await rt.channels.resolve(item.channels, field=f"messages.{index}.channels")
         batch.append(
             NewMessage(
-                payload=message_payload(item.message()),
+                payload=item.payload(),
                 targets=targets,
                 idempotency_key=item.idempotency_key,
             )
@@ -71,9 +87,9 @@ async def send_batch(request: Request) -> JSON:
     accepted = await rt.queue.enqueue(batch)
     fresh = sum(1 for a in accepted if not a.replayed)
     if fresh:
-        metrics.MESSAGES_ACCEPTED.labels("batch").inc(fresh)
+        ACCEPTED_BATCH.inc(fresh)
         rt.notify()
-    return JSON({"items": [a.as_json() for a in accepted]}, status_code=202)
+    return {"items": [a.as_json() for a in accepted]}, None
 
 
 @router.get("/messages/{message_id}", dependencies=[Depends(sender)], summary="One message")

@@ -20,7 +20,7 @@ import contextlib
 import fcntl
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
@@ -61,19 +61,26 @@ def make_engine(settings: Settings) -> AsyncEngine:
     return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
 
 
-def make_sqlite_writer_engine(async_engine: AsyncEngine) -> Engine:
-    """A blocking ``sqlite3`` engine on the same file, for the writer's transactions.
+def make_sqlite_blocking_engine(async_engine: AsyncEngine, *, writer: bool) -> Engine:
+    """A blocking ``sqlite3`` engine on the same file, used from the event loop's thread.
 
-    Transactions begin with ``BEGIN IMMEDIATE``: the write lock is taken at the start, so a
-    transaction that reads first never has to give up half-way for another writer.
+    The writer's transactions begin with ``BEGIN IMMEDIATE``: the write lock is taken at the
+    start, so a transaction that reads first never has to give up half-way for another
+    writer. The reader's statements run in autocommit (WAL readers never wait for writers).
     """
     url = async_engine.url.set(drivername="sqlite+pysqlite")
-    engine = create_engine(url, pool_size=1, max_overflow=0, connect_args={"isolation_level": None})
+    engine = create_engine(
+        url,
+        pool_size=1,
+        max_overflow=0 if writer else 4,
+        connect_args={"isolation_level": None},
+    )
     event.listen(engine, "connect", _sqlite_pragmas)
+    if writer:
 
-    @event.listens_for(engine, "begin")
-    def _begin_immediate(connection: Connection) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        @event.listens_for(engine, "begin")
+        def _begin_immediate(connection: Connection) -> None:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
 
@@ -120,10 +127,28 @@ class ProcessWriteLock:
     def __init__(self, path: Path) -> None:
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
 
-    def __enter__(self) -> None:
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
+    async def acquire(self) -> None:
+        """Take the lock; while another process holds it, wait in a thread so that this
+        process's event loop goes on sending meanwhile."""
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        waiting = asyncio.get_running_loop().run_in_executor(
+            None, fcntl.flock, self._fd, fcntl.LOCK_EX
+        )
+        try:
+            await asyncio.shield(waiting)
+        except asyncio.CancelledError:  # the thread still gets the lock: give it back then
+            waiting.add_done_callback(self._release_if_taken)
+            raise
 
-    def __exit__(self, *_exc: object) -> None:
+    def _release_if_taken(self, waiting: asyncio.Future[None]) -> None:
+        if not waiting.cancelled() and waiting.exception() is None:
+            self.release()
+
+    def release(self) -> None:
         fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def close(self) -> None:
@@ -244,15 +269,21 @@ class GroupCommitWriter:
         self, groups: dict[Handler, list[_Pending]], durable: bool
     ) -> _Outcomes:
         assert self._blocking is not None
-        with self._lock or contextlib.nullcontext(), self._blocking.connect() as connection:
-            # NORMAL in WAL mode: the commit is safe from a crash of any process, but not
-            # written through to the disk until the next FULL commit (or checkpoint) does it.
-            sqlite = connection.connection.driver_connection  # outside SQLAlchemy's transaction
-            assert sqlite is not None
-            sqlite.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-            with connection.begin():
-                conn = cast(AsyncConnection, _BlockingConnection(connection))
-                return await _run_groups(conn, groups)
+        if self._lock is not None:
+            await self._lock.acquire()
+        try:
+            with self._blocking.connect() as connection:
+                # NORMAL in WAL mode: the commit is safe from a crash of any process, but not
+                # written through to the disk until the next FULL commit (or checkpoint) is.
+                sqlite = connection.connection.driver_connection  # outside SQLAlchemy's txn
+                assert sqlite is not None
+                sqlite.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+                with connection.begin():
+                    conn = cast(AsyncConnection, _BlockingConnection(connection))
+                    return await _run_groups(conn, groups)
+        finally:
+            if self._lock is not None:
+                self._lock.release()
 
 
 _Outcomes = list[tuple[list[_Pending], list[Any]]]
@@ -274,8 +305,10 @@ class Database:
         blocking: Engine | None = None
         self._write_lock: ProcessWriteLock | None = None
         database = self.engine.url.database
+        self._reader: Engine | None = None
         if self.dialect == "sqlite" and database and database != ":memory:":
-            blocking = make_sqlite_writer_engine(self.engine)
+            blocking = make_sqlite_blocking_engine(self.engine, writer=True)
+            self._reader = make_sqlite_blocking_engine(self.engine, writer=False)
             self._write_lock = ProcessWriteLock(Path(f"{database}-writelock"))
         self._blocking = blocking
         self.writer = GroupCommitWriter(self.engine, blocking, self._write_lock)
@@ -288,8 +321,9 @@ class Database:
     async def close(self) -> None:
         await self.writer.stop()
         await self.engine.dispose()
-        if self._blocking is not None:
-            self._blocking.dispose()
+        for blocking in (self._blocking, self._reader):
+            if blocking is not None:
+                blocking.dispose()
         if self._write_lock is not None:
             self._write_lock.close()
 
@@ -312,3 +346,16 @@ class Database:
     def read(self) -> Any:
         """``async with db.read() as conn``: a pooled connection for queries."""
         return self.engine.connect()
+
+    @contextlib.asynccontextmanager
+    async def read_now(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for the hot path's small reads by key (payloads to send, a channel,
+        a token). On SQLite they run at once in this thread: no hand-off to a driver thread,
+        and a cache refilled by one request is there for the next. Larger queries (history
+        pages) use ``read``, which does not hold up the event loop."""
+        if self._reader is None:
+            async with self.engine.connect() as conn:
+                yield conn
+            return
+        with self._reader.connect() as connection:
+            yield cast(AsyncConnection, _BlockingConnection(connection))

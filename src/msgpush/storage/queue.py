@@ -294,7 +294,7 @@ class Queue:
 
     async def payloads(self, message_ids: list[str]) -> dict[str, tuple[str, str | None, int]]:
         """message id -> (payload JSON, the JSON of the event it came from or None, created_at)."""
-        async with self._db.read() as conn:
+        async with self._db.read_now() as conn:
             rows = await conn.execute(
                 select(messages.c.id, messages.c.payload, events.c.body, messages.c.created_at)
                 .select_from(messages.outerjoin(events, events.c.id == messages.c.event_id))

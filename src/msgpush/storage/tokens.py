@@ -73,7 +73,7 @@ class TokenStore:
         entry = self._cache.get(digest)
         if entry is not None and time.monotonic() - entry[0] < CACHE_TTL_S:
             return entry[1]
-        async with self._db.read() as conn:
+        async with self._db.read_now() as conn:
             role = (
                 await conn.execute(
                     select(api_tokens.c.role).where(api_tokens.c.token_hash == digest)
