@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import json
 import logging
 import os
@@ -119,7 +118,7 @@ def worker(data_dir: DataDir = None) -> None:
     import uvloop
 
     from msgpush.delivery.processes import listen_to_parent, tell_parent_ready
-    from msgpush.runtime import Runtime
+    from msgpush.runtime import Runtime, settle_gc
 
     settings = _settings(data_dir)
     _logging(settings.log_level)
@@ -128,8 +127,7 @@ def worker(data_dir: DataDir = None) -> None:
         runtime = Runtime(settings, worker=True)
         await runtime.start()
         assert runtime.engine is not None
-        gc.collect()
-        gc.freeze()  # see api/app.py: long-lived objects out of the full collections
+        settle_gc()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

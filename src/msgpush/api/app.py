@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -34,7 +33,7 @@ from msgpush.api.common import JSON
 from msgpush.api.ingest import IngestRoutes
 from msgpush.errors import ApiError, validation_error
 from msgpush.message import BatchSendRequest, SendRequest
-from msgpush.runtime import Runtime
+from msgpush.runtime import Runtime, settle_gc
 from msgpush.settings import Settings
 from msgpush.storage.schema import deliveries as deliveries_table
 
@@ -119,10 +118,7 @@ def create_app(settings: Settings | None = None, *, worker: bool = True) -> Fast
             worker_processes=settings.delivery_processes if worker else 0,
         )
         await rt.start()
-        # Everything loaded so far lives as long as the process: keep it out of the collector's
-        # full passes (measured: full-collection pauses 85 ms -> 5 ms, ~10 % less CPU).
-        gc.collect()
-        gc.freeze()
+        settle_gc()
         app.state.runtime = rt
         token = await rt.ensure_admin_token()
         if token:

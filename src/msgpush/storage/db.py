@@ -162,9 +162,58 @@ class _BlockingConnection:
 
     def __init__(self, connection: Connection) -> None:
         self._connection = connection
+        self.dialect = connection.dialect
 
     async def execute(self, statement: Any, parameters: Any = None) -> Any:
         return self._connection.execute(statement, parameters)
+
+    async def exec_driver_sql(self, statement: str, parameters: Any = None) -> Any:
+        return self._connection.exec_driver_sql(statement, parameters)
+
+
+class DriverStatement:
+    """A hot-path statement compiled once per dialect to its SQL text and parameter order,
+    then run with plain tuples through ``exec_driver_sql``.
+
+    SQLAlchemy's per-call work (building the statement, its cache key, processing each row's
+    parameters) cost about as much CPU as SQLite's own work on these small rows; the enqueue,
+    claim and record statements run for every message, so they skip it. Values must be what
+    the driver takes as they are (str, int, None), which is all these statements carry.
+    """
+
+    def __init__(self, statement: Any) -> None:
+        self._statement = statement
+        self._compiled: dict[str, tuple[str, tuple[str, ...], dict[str, Any]]] = {}
+
+    def _for(self, conn: AsyncConnection) -> tuple[str, tuple[str, ...], dict[str, Any]]:
+        dialect = conn.dialect
+        found = self._compiled.get(dialect.name)
+        if found is None:
+            compiled = self._statement.compile(dialect=dialect)
+            order = compiled.positiontup
+            if order is None:  # pragma: no cover - both dialects bind by position
+                raise RuntimeError(f"{dialect.name} does not bind parameters by position")
+            fixed = {  # values written into the statement itself, like status="sending"
+                key: value
+                for key, value in compiled.params.items()
+                if not compiled.binds[key].required
+            }
+            found = (str(compiled), tuple(order), fixed)
+            self._compiled[dialect.name] = found
+        return found
+
+    async def run(self, conn: AsyncConnection, params: dict[str, Any]) -> Any:
+        sql, order, fixed = self._for(conn)
+        return await conn.exec_driver_sql(sql, tuple(_value(params, fixed, k) for k in order))
+
+    async def run_many(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+        sql, order, fixed = self._for(conn)
+        values = [tuple(_value(row, fixed, k) for k in order) for row in rows]
+        await conn.exec_driver_sql(sql, values)
+
+
+def _value(row: dict[str, Any], fixed: dict[str, Any], key: str) -> Any:
+    return row[key] if key in row else fixed[key]
 
 
 class GroupCommitWriter:

@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, bindparam, insert, select, update
+from sqlalchemy import and_, bindparam, insert, literal_column, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from msgpush.ids import new_id, now_ms
-from msgpush.storage.db import Database
+from msgpush.storage.db import Database, DriverStatement
 from msgpush.storage.schema import deliveries, delivery_attempts, events, messages
 
 
@@ -168,9 +168,9 @@ class Queue:
                 answer.append(Accepted(message.id, listed))
             answers.append(answer)
         if message_rows:
-            await conn.execute(insert(messages), message_rows)
+            await _insert_messages.run_many(conn, message_rows)
         if delivery_rows:
-            await conn.execute(insert(deliveries), delivery_rows)
+            await _insert_deliveries.run_many(conn, delivery_rows)
         replay_ids = {a for answer in answers for a in answer if isinstance(a, str)}
         replays: dict[str, list[dict[str, str]]] = {}
         if replay_ids:
@@ -201,33 +201,10 @@ class Queue:
     async def claim(self, owner: str, limit: int, lease_ms: int) -> list[Claimed]:
         """Lease up to ``limit`` due deliveries to ``owner`` (status becomes ``sending``)."""
         now = now_ms()
-        due = (
-            select(deliveries.c.id)
-            .where(deliveries.c.status.in_(("queued", "retrying")))
-            .where(deliveries.c.next_attempt_at <= now)
-            .order_by(deliveries.c.next_attempt_at)
-            .limit(limit)
-        )
-        if self._db.dialect == "postgresql":
-            due = due.with_for_update(skip_locked=True)
-        statement = (
-            update(deliveries)
-            .where(deliveries.c.id.in_(due.scalar_subquery()))
-            .values(status="sending", lease_owner=owner, lease_until=now + lease_ms, updated_at=now)
-            .returning(
-                deliveries.c.id,
-                deliveries.c.message_id,
-                deliveries.c.channel_id,
-                deliveries.c.channel_name,
-                deliveries.c.attempts,
-                deliveries.c.created_at,
-                deliveries.c.budget_attempts,
-                deliveries.c.budget_since,
-            )
-        )
+        params = {"c_now": now, "c_limit": limit, "c_owner": owner, "c_until": now + lease_ms}
 
         async def op(conn: AsyncConnection) -> list[Claimed]:
-            rows = await conn.execute(statement)
+            rows = await _claim.run(conn, params)
             return [Claimed(*row) for row in rows]
 
         claimed: list[Claimed] = await self._db.write(op, durable=False)
@@ -308,7 +285,7 @@ class Queue:
         await self._db.submit(_record_many, attempt, durable=False)
 
 
-_update_delivery = (
+_update_delivery = DriverStatement(
     update(deliveries)
     .where(
         and_(
@@ -331,10 +308,87 @@ _update_delivery = (
 )
 
 
+DUE_STATUSES: tuple[Any, ...] = (literal_column("'queued'"), literal_column("'retrying'"))
+# Due deliveries, oldest first, leased to one worker. On PostgreSQL the rows are locked and
+# rows another worker has locked are skipped; SQLite has one writer and ignores the clause.
+_claim = DriverStatement(
+    update(deliveries)
+    .where(
+        deliveries.c.id.in_(
+            select(deliveries.c.id)
+            .where(deliveries.c.status.in_(DUE_STATUSES))
+            .where(deliveries.c.next_attempt_at <= bindparam("c_now"))
+            .order_by(deliveries.c.next_attempt_at)
+            .limit(bindparam("c_limit"))
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+    )
+    .values(
+        status="sending",
+        lease_owner=bindparam("c_owner"),
+        lease_until=bindparam("c_until"),
+        updated_at=bindparam("c_now"),
+    )
+    .returning(
+        deliveries.c.id,
+        deliveries.c.message_id,
+        deliveries.c.channel_id,
+        deliveries.c.channel_name,
+        deliveries.c.attempts,
+        deliveries.c.created_at,
+        deliveries.c.budget_attempts,
+        deliveries.c.budget_since,
+    )
+)
+
+
+def _insert(table: Any, columns: list[str]) -> DriverStatement:
+    return DriverStatement(insert(table).values({name: bindparam(name) for name in columns}))
+
+
+_insert_messages = _insert(messages, ["id", "created_at", "idempotency_key", "payload", "event_id"])
+_insert_deliveries = _insert(
+    deliveries,
+    [
+        "id",
+        "message_id",
+        "channel_id",
+        "channel_name",
+        "channel_type",
+        "status",
+        "attempts",
+        "budget_attempts",
+        "budget_since",
+        "next_attempt_at",
+        "created_at",
+        "updated_at",
+    ],
+)
+_insert_attempts = _insert(
+    delivery_attempts,
+    [
+        "delivery_id",
+        "number",
+        "started_at",
+        "duration_ms",
+        "outcome",
+        "status_code",
+        "vendor_code",
+        "vendor_message",
+        "diagnosis",
+        "next_attempt_at",
+        "request",
+        "response",
+        "worker",
+    ],
+)
+
+
 async def _record_many(conn: AsyncConnection, records: list[AttemptRecord]) -> list[None]:
     now = now_ms()
-    await conn.execute(
-        _update_delivery,
+    await _update_delivery.run_many(
+        conn,
         [
             {
                 "b_id": r.delivery_id,
@@ -350,8 +404,8 @@ async def _record_many(conn: AsyncConnection, records: list[AttemptRecord]) -> l
             for r in records
         ],
     )
-    await conn.execute(
-        insert(delivery_attempts),
+    await _insert_attempts.run_many(
+        conn,
         [
             {
                 "delivery_id": r.delivery_id,
