@@ -541,6 +541,7 @@ def test_chinese_and_english_lists_and_a_narrow_window(
         nav = page.get_by_role("navigation", name="主导航")
         for label in ("系统管理", "消息推送", "推送渠道", "投递记录", "规则"):
             expect(nav).to_contain_text(label)
+        expect(page.get_by_text("crm-webhook").first).to_be_visible()  # the list has loaded
         shoot(page, "channels-zh")
 
         page.set_viewport_size(NARROW)

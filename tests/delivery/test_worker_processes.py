@@ -156,3 +156,27 @@ def test_a_crashed_worker_process_is_started_again(
     received = receiver.wait_for(path, 300, timeout=90)  # its claims come back by lease
     assert {r.json()["message_id"] for r in received} == set(ids)
     assert "exited with -9; starting it again" in server.log()
+
+
+def test_a_burst_held_back_by_a_rate_limit_starts_no_worker_process(
+    make_server: Callable[..., ServerProcess], receiver: Receiver, unique: str
+) -> None:
+    """Sends waiting for their channel's rate window are not a backlog: more processes would
+    not send them sooner, and each process paces only its own requests."""
+    server = make_server(**BACKLOG_ENV, MSGPUSH_RATE_WINDOW_SCALE="0.05")  # 1 s -> 50 ms
+    path = f"/limited/{unique}"
+    with server.client() as api:
+        created = api.post(
+            "/channels",
+            json={
+                "name": unique,
+                "type": "webhook",
+                "config": {"url": receiver.url(path)},
+                "rate_limit": {"per_second": 5},
+            },
+        )
+        assert created.status_code == 201, created.text
+        ids = send_burst(api, unique, 200, "limited")
+    received = receiver.wait_for(path, 200, timeout=60)
+    assert {r.json()["message_id"] for r in received} == set(ids)
+    assert health(server)["worker_processes"]["started_total"] == 0

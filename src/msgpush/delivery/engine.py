@@ -40,7 +40,9 @@ CLAIM_BATCH = 100
 # Claim again once a quarter of the send slots are free, or this long after the first one
 # freed: one claim (a write and its commit) per several sends instead of one per send.
 REFILL_WAIT_S = 0.005
-# More due work than send slots for this long is a backlog (``on_backlog``).
+# More due work than send slots for this long is a backlog (``on_backlog``): claims come back
+# full, and mostly with deliveries that go out. Deliveries put back to wait for their rate
+# window do not count: more processes would not send them sooner.
 BACKLOG_AFTER_S = 0.5
 MAX_TIMER_MS = 300_000  # later work is found by polling
 JANITOR_EVERY_S = 5.0
@@ -98,6 +100,7 @@ class Engine:
         self._running = asyncio.Event()
         self._running.set()
         self._busy_since: float | None = None
+        self._deferred = 0  # deliveries put back for their rate window since the last claim
         self.last_work = time.monotonic()
         self.on_backlog: Callable[[], None] | None = None
         self._inflight: dict[str, asyncio.Task[None]] = {}
@@ -175,7 +178,7 @@ class Engine:
                 if claimed:
                     self.last_work = time.monotonic()
                     await self._dispatch(claimed)
-                self._watch_backlog(len(claimed) == want)
+                self._watch_backlog(len(claimed), want)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -186,8 +189,9 @@ class Engine:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=self._settings.poll_s)
 
-    def _watch_backlog(self, full: bool) -> None:
-        if not full:
+    def _watch_backlog(self, claimed: int, wanted: int) -> None:
+        deferred, self._deferred = self._deferred, 0
+        if claimed < wanted or deferred * 2 > claimed:
             self._busy_since = None
             return
         now = time.monotonic()
@@ -249,6 +253,7 @@ class Engine:
             if channel.limited:
                 wait_ms = await self._limiter.acquire(channel.id, channel.limit)
                 if wait_ms:
+                    self._deferred += 1
                     metrics.RATE_LIMIT_WAITS.inc()
                     await self._queue.defer(claimed.id, self.owner, now_ms() + wait_ms)
                     self._wake_at(wait_ms)
