@@ -802,10 +802,19 @@ class Bench:
         )
         # CPU per message: how much work msgpush does, whatever else shares the machine
         self.figures["single_cpu_ms_per_msg"] = msgpush_cpu_ms(meter) / max(seen["count"], 1)
+        # How far delivery trailed acceptance: the last arrival after the last answer. Both
+        # rates start at the first POST, so delivered/s is below accepted/s by this tail even
+        # when delivery keeps pace throughout.
+        if seen["last"] is not None:
+            self.figures["single_delivery_tail_ms"] = (
+                seen["last"] - (load.started + load.seconds)
+            ) * 1000
         print(
             f"    accepted {self.figures['single_accepted_ps']:,.0f}/s, delivered "
             f"{self.figures['single_delivered_ps']:,.0f}/s ({seen['count']}/{n} arrived, "
-            f"{seen['duplicates']} duplicates), msgpush CPU "
+            f"{seen['duplicates']} duplicates, the last "
+            f"{self.figures.get('single_delivery_tail_ms', float('nan')):,.0f} ms after the last "
+            f"answer), msgpush CPU "
             f"{self.figures['single_cpu_ms_per_msg']:.2f} ms/message\n    {meter.line()}"
         )
 
@@ -928,6 +937,10 @@ def report(
         ("(2) web ceiling: validate-only FastAPI", fmt(f, "web_ceiling_ps", ",.0f", "req/s")),
         ("(3) msgpush single POST accepted", fmt(f, "single_accepted_ps", ",.0f", "msg/s")),
         ("(3) msgpush single POST delivered", fmt(f, "single_delivered_ps", ",.0f", "msg/s")),
+        (
+            "(3) last delivery after the last answer",
+            fmt(f, "single_delivery_tail_ms", ",.0f", "ms"),
+        ),
         (f"(3) enqueue->delivered at {args.rate:g}/s p50 / p99", latency),
         ("(4) msgpush batch accepted", fmt(f, "batch_accepted_ps", ",.0f", "msg/s")),
         ("(4) msgpush batch delivered", fmt(f, "batch_delivered_ps", ",.0f", "msg/s")),
