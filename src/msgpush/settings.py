@@ -30,7 +30,7 @@ class Settings(BaseSettings):
         default=None, description="the first admin token, instead of a generated one"
     )
     # Delivery engine
-    workers: int = Field(default=64, ge=1, le=1024, description="concurrent sends per process")
+    workers: int = Field(default=128, ge=1, le=1024, description="concurrent sends per process")
     delivery_processes: int = Field(
         default_factory=lambda: default_delivery_processes(os.cpu_count()),
         ge=0,
