@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -107,9 +108,22 @@ def _metrics_in_files(directory: Path) -> None:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         return
     directory.mkdir(parents=True, exist_ok=True)
-    for stale in directory.glob("*.db"):  # figures of an earlier run's processes
-        stale.unlink()
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory.resolve())
+    for earlier in directory.iterdir():  # figures of serve processes that are gone
+        if earlier.is_dir() and earlier.name.isdigit() and not _alive(int(earlier.name)):
+            shutil.rmtree(earlier, ignore_errors=True)
+    mine = directory / str(os.getpid())  # another serve may share the data directory
+    mine.mkdir(exist_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(mine.resolve())
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @app.command()
