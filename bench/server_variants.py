@@ -13,11 +13,13 @@ Options (before the msgpush arguments, which ``throughput.py`` appends):
 --gc-threshold A,B,C   ``gc.set_threshold(A, B, C)`` (CPython's default is 700,10,10)
 --pool N,M         SQLite pool: pool_size N, max_overflow M (msgpush uses 4,4)
 --lean-payload     build the stored payload with one ``model_dump`` of the validated request
-                   instead of ``SendRequest.message()`` (dump + re-validate) and another dump
+                   instead of ``SendRequest.message()`` (msgpush does this itself since)
 --no-telemetry     FastAPI's per-request OpenTelemetry check off (as ``FastAPI(telemetry=
                    {"tracing": False, "metrics": False, "logs": False})`` would do)
 
-Nothing here changes msgpush's source; the patches are applied in this process only.
+Nothing here changes msgpush's source; the patches are applied in this process only: the
+worker processes ``serve`` starts in bursts run msgpush unpatched (add ``--server-env
+MSGPUSH_DELIVERY_PROCESSES=0`` to keep all the work in the patched process).
 """
 
 from __future__ import annotations

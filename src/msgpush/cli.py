@@ -10,13 +10,16 @@ import os
 import shutil
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from msgpush.client import Client, MsgpushError
 from msgpush.settings import Settings
+
+if TYPE_CHECKING:
+    from msgpush.client import Client
 
 app = typer.Typer(help="msgpush: self-hosted message push service.", no_args_is_help=True)
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
@@ -54,9 +57,18 @@ def _logging(level: str) -> None:
     )
 
 
-def _fail(error: MsgpushError) -> None:
-    typer.echo(f"error: {error}", err=True)
-    raise typer.Exit(1)
+@contextlib.contextmanager
+def _api(url: str | None, token: str | None) -> Iterator[Client]:
+    """The API client for a command; an API error ends the command with its message.
+    (Imported here: serve and worker never need the client.)"""
+    from msgpush.client import Client, MsgpushError
+
+    try:
+        with Client(url, token) as client:
+            yield client
+    except MsgpushError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1) from None
 
 
 @app.command()
@@ -232,12 +244,8 @@ def _parse_sets(values: list[str]) -> dict[str, Any]:
 @channel_app.command("list")
 def channel_list(url: Url = None, token: Token = None) -> None:
     """List channels: id, name, type, enabled, last test."""
-    try:
-        with Client(url, token) as client:
-            items = client.channels()
-    except MsgpushError as error:
-        _fail(error)
-        return
+    with _api(url, token) as client:
+        items = client.channels()
     for item in items:
         test = item.get("last_test") or {}
         tested = "never tested" if not test else ("test ok" if test.get("ok") else "test failed")
@@ -260,12 +268,8 @@ def channel_add(
     """Create a channel. Settings from --config JSON and/or --set KEY=VALUE."""
     settings: dict[str, Any] = json.loads(config) if config else {}
     settings.update(_parse_sets(set_ or []))
-    try:
-        with Client(url, token) as client:
-            created = client.create_channel(name, type, settings, description=description)
-    except MsgpushError as error:
-        _fail(error)
-        return
+    with _api(url, token) as client:
+        created = client.create_channel(name, type, settings, description=description)
     typer.echo(created["id"])
 
 
@@ -276,12 +280,8 @@ def channel_test(
     token: Token = None,
 ) -> None:
     """Send a Test Push now and print the outcome and diagnosis."""
-    try:
-        with Client(url, token) as client:
-            result = client.test_channel(ref)
-    except MsgpushError as error:
-        _fail(error)
-        return
+    with _api(url, token) as client:
+        result = client.test_channel(ref)
     verdict = "OK" if result["ok"] else "FAILED"
     typer.echo(f"{verdict} in {result['duration_ms']} ms (HTTP {result.get('status_code')})")
     if result.get("vendor_code") is not None:
@@ -299,11 +299,8 @@ def channel_rm(
     token: Token = None,
 ) -> None:
     """Delete a channel (its unsent deliveries are cancelled)."""
-    try:
-        with Client(url, token) as client:
-            client.delete_channel(ref)
-    except MsgpushError as error:
-        _fail(error)
+    with _api(url, token) as client:
+        client.delete_channel(ref)
 
 
 @app.command()
@@ -334,12 +331,8 @@ def send(
     }
     if idempotency_key:
         extra["idempotency_key"] = idempotency_key
-    try:
-        with Client(url, token) as client:
-            answer = client.send(channel, title, text, **extra)
-    except MsgpushError as error:
-        _fail(error)
-        return
+    with _api(url, token) as client:
+        answer = client.send(channel, title, text, **extra)
     typer.echo(answer["id"])
     for delivery in answer["deliveries"]:
         typer.echo(f"  {delivery['id']}  {delivery['channel']}  {delivery['status']}", err=True)
@@ -383,21 +376,17 @@ def event(
             raise typer.BadParameter("must be a JSON object", param_hint="--data-json")
     body.update(_parse_sets(data or []))
     labels = {k: str(v) for k, v in _parse_sets(label or []).items()}
-    try:
-        with Client(url, token) as client:
-            answer = client.event(
-                type,
-                body,
-                source=source,
-                level=level,
-                labels=labels or None,
-                channels=channel or None,
-                idempotency_key=idempotency_key,
-                occurred_at=occurred_at,
-            )
-    except MsgpushError as error:
-        _fail(error)
-        return
+    with _api(url, token) as client:
+        answer = client.event(
+            type,
+            body,
+            source=source,
+            level=level,
+            labels=labels or None,
+            channels=channel or None,
+            idempotency_key=idempotency_key,
+            occurred_at=occurred_at,
+        )
     typer.echo(answer["id"])
     if answer.get("rules"):
         typer.echo(f"  rules: {', '.join(answer['rules'])}", err=True)
