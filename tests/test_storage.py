@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from msgpush.settings import Settings
-from msgpush.storage.db import make_engine, migrate
+from msgpush.storage.db import ProcessWriteLock, make_engine, migrate
 from msgpush.storage.schema import metadata
 from tests.server import create_pg_database, drop_pg_database
 
@@ -39,3 +40,44 @@ def test_migrations_match_schema(backend: str, tmp_path: Path) -> None:
             drop_pg_database(url)
     else:
         assert _diff_after_migrating(Settings(data_dir=tmp_path)) == []
+
+
+async def test_the_write_lock_waits_without_stopping_the_event_loop(tmp_path: Path) -> None:
+    """Another process's transaction holds the lock (here: another open file description of
+    the same lock file); waiting for it must leave the event loop free to do other work."""
+    path = tmp_path / "db-writelock"
+    holder, waiter, third = (ProcessWriteLock(path) for _ in range(3))
+    try:
+        await holder.acquire()
+        waiting = asyncio.create_task(waiter.acquire())
+        ticks = 0
+        for _ in range(20):  # the loop keeps running while the waiter waits
+            await asyncio.sleep(0.005)
+            ticks += 1
+        assert ticks == 20 and not waiting.done()
+        holder.release()
+        await asyncio.wait_for(waiting, 5)
+        waiter.release()
+    finally:
+        for lock in (holder, waiter, third):
+            lock.close()
+
+
+async def test_a_cancelled_wait_gives_the_lock_back_once_it_gets_it(tmp_path: Path) -> None:
+    """Cancelling a waiter (shutdown) cannot stop its thread: when that thread gets the lock
+    later, it must be released, or every other process would wait for ever."""
+    path = tmp_path / "db-writelock"
+    holder, waiter, third = (ProcessWriteLock(path) for _ in range(3))
+    try:
+        await holder.acquire()
+        waiting = asyncio.create_task(waiter.acquire())
+        await asyncio.sleep(0.05)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        holder.release()
+        await asyncio.wait_for(third.acquire(), 5)  # free again once the thread let go
+        third.release()
+    finally:
+        for lock in (holder, waiter, third):
+            lock.close()
