@@ -17,6 +17,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     generate_latest,
     multiprocess,
 )
@@ -82,6 +83,7 @@ def exposition() -> bytes:
         return generate_latest()
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    ProcessCollector(registry=registry)  # serve's own CPU, memory and file descriptors
     return generate_latest(registry)
 
 

@@ -122,6 +122,7 @@ def test_a_backlog_starts_worker_processes_that_send_then_leave_when_idle(
             workers.add(attempts[-1]["worker"].rsplit("-", 2)[1])  # host-pid-suffix
         assert len(workers) >= 2, f"all sends came from one process: {workers}"
         wait_until(lambda: delivered_total(server) == 600, 10, "/metrics to count 600 sends")
+        assert "process_resident_memory_bytes" in httpx.get(f"{server.url}/metrics").text
 
         # idle children leave; serve sends again itself
         wait_until(lambda: health(server)["worker_processes"]["running"] == 0, 30, "idle exit")
