@@ -28,7 +28,7 @@ from typing import Any, TypeVar, cast
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, Table, bindparam, create_engine, event, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -210,6 +210,25 @@ class DriverStatement:
         sql, order, fixed = self._for(conn)
         values = [tuple(_value(row, fixed, k) for k in order) for row in rows]
         await conn.exec_driver_sql(sql, values)
+
+
+class DriverInsert:
+    """A ``DriverStatement`` INSERT of the columns the rows carry (every row of one call
+    carries the same ones), compiled once per set of columns."""
+
+    def __init__(self, table: Table) -> None:
+        self._table = table
+        self._statements: dict[tuple[str, ...], DriverStatement] = {}
+
+    async def run_many(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+        columns = tuple(rows[0])
+        statement = self._statements.get(columns)
+        if statement is None:
+            values: dict[str, Any] = {name: bindparam(name) for name in columns}
+            statement = self._statements[columns] = DriverStatement(
+                self._table.insert().values(values)
+            )
+        await statement.run_many(conn, rows)
 
 
 def _value(row: dict[str, Any], fixed: dict[str, Any], key: str) -> Any:

@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, bindparam, insert, literal_column, select, update
+from sqlalchemy import and_, bindparam, literal_column, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from msgpush.ids import new_id, now_ms
-from msgpush.storage.db import Database, DriverStatement
+from msgpush.storage.db import Database, DriverInsert, DriverStatement
 from msgpush.storage.schema import deliveries, delivery_attempts, events, messages
 
 
@@ -308,7 +308,7 @@ _update_delivery = DriverStatement(
 )
 
 
-DUE_STATUSES: tuple[Any, ...] = (literal_column("'queued'"), literal_column("'retrying'"))
+_DUE_STATUSES: tuple[Any, ...] = (literal_column("'queued'"), literal_column("'retrying'"))
 # Due deliveries, oldest first, leased to one worker. On PostgreSQL the rows are locked and
 # rows another worker has locked are skipped; SQLite has one writer and ignores the clause.
 _claim = DriverStatement(
@@ -316,7 +316,7 @@ _claim = DriverStatement(
     .where(
         deliveries.c.id.in_(
             select(deliveries.c.id)
-            .where(deliveries.c.status.in_(DUE_STATUSES))
+            .where(deliveries.c.status.in_(_DUE_STATUSES))
             .where(deliveries.c.next_attempt_at <= bindparam("c_now"))
             .order_by(deliveries.c.next_attempt_at)
             .limit(bindparam("c_limit"))
@@ -343,46 +343,9 @@ _claim = DriverStatement(
 )
 
 
-def _insert(table: Any, columns: list[str]) -> DriverStatement:
-    return DriverStatement(insert(table).values({name: bindparam(name) for name in columns}))
-
-
-_insert_messages = _insert(messages, ["id", "created_at", "idempotency_key", "payload", "event_id"])
-_insert_deliveries = _insert(
-    deliveries,
-    [
-        "id",
-        "message_id",
-        "channel_id",
-        "channel_name",
-        "channel_type",
-        "status",
-        "attempts",
-        "budget_attempts",
-        "budget_since",
-        "next_attempt_at",
-        "created_at",
-        "updated_at",
-    ],
-)
-_insert_attempts = _insert(
-    delivery_attempts,
-    [
-        "delivery_id",
-        "number",
-        "started_at",
-        "duration_ms",
-        "outcome",
-        "status_code",
-        "vendor_code",
-        "vendor_message",
-        "diagnosis",
-        "next_attempt_at",
-        "request",
-        "response",
-        "worker",
-    ],
-)
+_insert_messages = DriverInsert(messages)
+_insert_deliveries = DriverInsert(deliveries)
+_insert_attempts = DriverInsert(delivery_attempts)
 
 
 async def _record_many(conn: AsyncConnection, records: list[AttemptRecord]) -> list[None]:
