@@ -12,8 +12,6 @@ Options (before the msgpush arguments, which ``throughput.py`` appends):
                    the collector's generations) and again once the app has started
 --gc-threshold A,B,C   ``gc.set_threshold(A, B, C)`` (CPython's default is 700,10,10)
 --pool N,M         SQLite pool: pool_size N, max_overflow M (msgpush uses 4,4)
---lean-payload     build the stored payload with one ``model_dump`` of the validated request
-                   instead of ``SendRequest.message()`` (msgpush does this itself since)
 --no-telemetry     FastAPI's per-request OpenTelemetry check off (as ``FastAPI(telemetry=
                    {"tracing": False, "metrics": False, "logs": False})`` would do)
 
@@ -68,7 +66,7 @@ def main() -> None:
     stats_file = _take(args, "--stats")
     threshold = _take(args, "--gc-threshold")
     pool = _take(args, "--pool")
-    flags = {flag for flag in ("--gc-freeze", "--lean-payload", "--no-telemetry") if flag in args}
+    flags = {flag for flag in ("--gc-freeze", "--no-telemetry") if flag in args}
     for flag in flags:
         args.remove(flag)
     freeze = "--gc-freeze" in flags
@@ -115,13 +113,6 @@ def main() -> None:
     db.make_engine = make_engine
     db.GroupCommitWriter.__init__ = writer_init  # type: ignore[method-assign]
 
-    if "--lean-payload" in flags:
-        import msgpush.api.messages as messages
-        from msgpush.message import SendRequest
-
-        lean = {"channels", "idempotency_key"}
-        SendRequest.message = lambda self: self  # type: ignore[assignment,method-assign]
-        messages.message_payload = lambda m: m.model_dump(mode="json", exclude=lean)  # type: ignore[assignment]
     if "--no-telemetry" in flags:
         from fastapi.telemetry import _asgi
 

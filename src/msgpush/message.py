@@ -125,18 +125,11 @@ class SendRequest(Message):
         Annotated[str, Field(min_length=1, max_length=255), AfterValidator(_no_nul)] | None
     ) = None
 
-    def message(self) -> Message:
-        return Message.model_validate(self.model_dump(exclude={"channels", "idempotency_key"}))
-
     def payload(self) -> dict[str, Any]:
-        """``message_payload(self.message())`` without validating the message a second time."""
+        """The JSON stored for the message (and handed to renderers), with defaults filled in:
+        the request's own message fields, already validated."""
         return self.model_dump(mode="json", exclude={"channels", "idempotency_key"})
 
 
 class BatchSendRequest(Strict):
     messages: Annotated[list[SendRequest], Field(min_length=1, max_length=MAX_BATCH_MESSAGES)]
-
-
-def message_payload(message: Message) -> dict[str, Any]:
-    """The JSON stored for a message (and handed to renderers), with defaults filled in."""
-    return message.model_dump(mode="json")

@@ -144,10 +144,6 @@ def _check_values(body: Any) -> None:
         stack.extend(reversed(items))
 
 
-async def read_model(request: Request, model: type[M], prefix: str = "") -> M:
-    return parse_model(await request.body(), model, prefix)
-
-
 def parse_model(body: bytes, model: type[M], prefix: str = "") -> M:
     """Parse and validate a raw body with pydantic in one pass (the hot path's parser)."""
     if not body.strip():
