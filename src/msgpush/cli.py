@@ -43,7 +43,17 @@ Token = Annotated[str | None, typer.Option("--token", envvar="MSGPUSH_TOKEN", he
 
 
 def _settings(data_dir: Path | None) -> Settings:
-    settings = Settings()
+    """The settings from the environment; a bad ``MSGPUSH_*`` value ends the command with one
+    line per problem, naming the variable."""
+    from pydantic import ValidationError
+
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        for error in exc.errors():
+            name = "MSGPUSH_" + "_".join(str(part) for part in error["loc"]).upper()
+            typer.echo(f"error: {name}: {error['msg'].removeprefix('Value error, ')}", err=True)
+        raise typer.Exit(2) from None
     if data_dir is not None:
         settings.data_dir = data_dir
     return settings
@@ -192,6 +202,65 @@ def db_upgrade(data_dir: DataDir = None) -> None:
 
     asyncio.run(run())
     typer.echo("database is up to date", err=True)
+
+
+@db_app.command("downgrade")
+def db_downgrade(
+    revision: Annotated[str, typer.Argument(help="Revision to go back to, e.g. 0003 or base")],
+    data_dir: DataDir = None,
+) -> None:
+    """Undo migrations down to REVISION (stop every msgpush process first)."""
+    from alembic.util import CommandError
+
+    from msgpush.storage.db import downgrade, make_engine
+
+    settings = _settings(data_dir)
+
+    async def run() -> None:
+        engine = make_engine(settings)
+        try:
+            await downgrade(engine, revision)
+        finally:
+            await engine.dispose()
+
+    try:
+        asyncio.run(run())
+    except CommandError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"database is at revision {revision}", err=True)
+
+
+@db_app.command("backup")
+def db_backup(
+    file: Annotated[Path, typer.Argument(help="Where to write the copy (must not exist)")],
+    data_dir: DataDir = None,
+) -> None:
+    """Copy the SQLite database while msgpush runs (a consistent snapshot)."""
+    from msgpush.storage.db import backup_sqlite
+
+    settings = _settings(data_dir)
+    if settings.database_url and not settings.database_url.startswith("sqlite"):
+        typer.echo(
+            "error: msgpush runs on PostgreSQL here; back it up with PostgreSQL's own tools, "
+            "e.g. pg_dump --format=custom --file=msgpush.dump DATABASE_URL "
+            "(restore with pg_restore)",
+            err=True,
+        )
+        raise typer.Exit(2)
+    source = settings.sqlite_path()
+    if not source.exists():
+        typer.echo(f"error: no database at {source}; pass --data-dir", err=True)
+        raise typer.Exit(2)
+    if file.exists():
+        typer.echo(f"error: {file} exists; name a new file", err=True)
+        raise typer.Exit(2)
+    try:
+        size = backup_sqlite(source, file)
+    except OSError as exc:
+        typer.echo(f"error: cannot write {file}: {exc.strerror}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"backed up {source} to {file} ({size:,} bytes)", err=True)
 
 
 @token_app.command("create")

@@ -20,7 +20,10 @@ def new_id(prefix: str) -> str:
     Ids sort by creation time, which keeps the history pages and the delivery queue's
     index in insertion order.
     """
-    value = (now_ms() << 80) | int.from_bytes(os.urandom(10), "big")
+    return _encode(prefix, (now_ms() << 80) | int.from_bytes(os.urandom(10), "big"))
+
+
+def _encode(prefix: str, value: int) -> str:
     chars = []
     for _ in range(26):
         chars.append(_CROCKFORD[value & 31])
@@ -55,3 +58,9 @@ def parse_time(value: str) -> int:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
     return int(parsed.timestamp() * 1000)
+
+
+def id_floor(prefix: str, ms: int) -> str:
+    """The smallest id ``new_id(prefix)`` can make at millisecond ``ms``: every id made before
+    ``ms`` sorts below it, so a range on the primary key selects rows by creation time."""
+    return _encode(prefix, max(ms, 0) << 80)

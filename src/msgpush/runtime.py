@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 
@@ -16,6 +17,7 @@ from msgpush.settings import Settings
 from msgpush.storage.db import Database
 from msgpush.storage.history import History
 from msgpush.storage.queue import Queue
+from msgpush.storage.retention import Retention
 from msgpush.storage.tokens import TokenStore
 
 log = logging.getLogger(__name__)
@@ -34,7 +36,12 @@ def settle_gc() -> None:
 
 class Runtime:
     def __init__(
-        self, settings: Settings, *, worker: bool = True, worker_processes: int = 0
+        self,
+        settings: Settings,
+        *,
+        worker: bool = True,
+        worker_processes: int = 0,
+        housekeeping: bool = False,
     ) -> None:
         self.settings = settings
         self.db = Database(settings)
@@ -57,14 +64,24 @@ class Runtime:
                 worker_processes, settings.data_dir, self._workers_ready
             )
             self.engine.on_backlog = self.worker_processes.scale_up
+        retention_s = settings.retention_s()
+        self.retention = Retention(self.db, retention_s) if housekeeping and retention_s else None
+        self._stopping = asyncio.Event()
+        self._housekeeping: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         await self.db.start()
         await self.http.start()
         if self.engine is not None:
             self.engine.start()
+        if self.retention is not None:
+            self._housekeeping.append(
+                asyncio.create_task(self.retention.run(self._stopping), name="msgpush-retention")
+            )
 
     async def stop(self) -> None:
+        self._stopping.set()
+        await asyncio.gather(*self._housekeeping, return_exceptions=True)
         if self.worker_processes is not None:
             await self.worker_processes.stop()
         if self.engine is not None:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -14,6 +15,25 @@ def default_delivery_processes(cores: int | None) -> int:
     none on a single core, where another process only competes with the API for it."""
     cores = cores or 1
     return min(cores, 4) if cores > 1 else 0
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", re.IGNORECASE)
+
+
+def parse_duration_s(text: str) -> float | None:
+    """``30d``, ``12h``, ``90m``, ``15s``, ``2w`` or plain seconds; ``off`` (or ``0``) is None.
+    Raises ValueError naming the accepted forms."""
+    if text.strip().lower() in ("off", "none", "never", "0"):
+        return None
+    match = _DURATION.fullmatch(text)
+    if match is None:
+        raise ValueError(
+            f"{text!r} is not a duration: write a number with a unit, such as 30d, 12h, 90m or "
+            "15s (s, m, h, d, w), or off"
+        )
+    seconds = float(match.group(1)) * _DURATION_UNITS[(match.group(2) or "s").lower()]
+    return seconds or None
 
 
 class Settings(BaseSettings):
@@ -60,6 +80,24 @@ class Settings(BaseSettings):
     )
     idempotency_ttl_s: float = Field(default=86_400.0, gt=0)
     log_level: str = "info"
+    # Operations
+    retention: str = Field(
+        default="30d",
+        description=(
+            "how long finished messages, deliveries, attempts and events are kept: a duration "
+            "such as 30d, 12h, 90m, 15s, or off"
+        ),
+    )
+
+    @field_validator("retention")
+    @classmethod
+    def _retention_is_a_duration(cls, value: str) -> str:
+        parse_duration_s(value)
+        return value
+
+    def retention_s(self) -> float | None:
+        """The retention in seconds, or None when it is off."""
+        return parse_duration_s(self.retention)
 
     def sqlite_path(self) -> Path:
         return self.data_dir / "msgpush.db"

@@ -116,6 +116,7 @@ def create_app(settings: Settings | None = None, *, worker: bool = True) -> Fast
             settings,
             worker=worker,
             worker_processes=settings.delivery_processes if worker else 0,
+            housekeeping=True,
         )
         await rt.start()
         settle_gc()

@@ -44,6 +44,8 @@ MAX_OPS_PER_COMMIT = 512
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
+    # Takes effect only in a new, empty file: retention then hands freed pages back.
+    cursor.execute("PRAGMA auto_vacuum=INCREMENTAL")
     cursor.execute("PRAGMA journal_mode=WAL")
     # FULL: a commit is on disk before the API answers 202, power loss included.
     cursor.execute("PRAGMA synchronous=FULL")
@@ -100,6 +102,33 @@ async def migrate(engine: AsyncEngine) -> None:
 
     async with engine.begin() as conn:
         await conn.run_sync(upgrade)
+
+
+async def downgrade(engine: AsyncEngine, revision: str) -> None:
+    """Take the schema back to ``revision`` (``base`` removes every table msgpush made)."""
+
+    def run(connection: Connection) -> None:
+        command.downgrade(_alembic_config(connection), revision)
+
+    async with engine.begin() as conn:
+        await conn.run_sync(run)
+
+
+def backup_sqlite(source: Path, target: Path) -> int:
+    """An online, consistent copy of a SQLite database through SQLite's backup API (writers
+    may go on meanwhile); the copy is readable by its owner only. Returns its size in bytes."""
+    import sqlite3
+
+    target.touch(mode=0o600, exist_ok=False)
+    os.chmod(target, 0o600)
+    src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+    dst = sqlite3.connect(target)
+    try:
+        src.backup(dst, pages=1024)
+    finally:
+        dst.close()
+        src.close()
+    return target.stat().st_size
 
 
 Handler = Callable[[AsyncConnection, list[Any]], Awaitable[list[Any]]]

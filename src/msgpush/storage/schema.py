@@ -45,6 +45,7 @@ messages = Table(
     Column("idempotency_key", String(255), nullable=True, unique=True),
     Column("payload", Text, nullable=False),  # JSON of msgpush.message.Message
     Column("event_id", String(40), nullable=True),
+    Index("ix_messages_event", "event_id"),
 )
 
 deliveries = Table(
