@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from itertools import pairwise
 
@@ -9,6 +10,7 @@ import httpx
 
 from tests.fakes.receiver import Receiver, Reply
 from tests.helpers import make_webhook, send, wait_delivery
+from tests.server import ServerProcess
 
 
 def _t(value: str) -> float:
@@ -108,3 +110,33 @@ def test_redirect_is_a_permanent_failure(
     final = wait_delivery(api, delivery_id)
     assert final["status"] == "failed"
     assert "https://elsewhere.example/" in final["error"]
+
+
+def test_a_retry_after_beyond_the_age_limit_fails_at_once_quoting_the_wait(
+    make_server: Callable[..., ServerProcess], receiver: Receiver, unique: str
+) -> None:
+    server = make_server(MSGPUSH_MAX_AGE_S="600")
+    path = f"/parked/{unique}"
+    receiver.script(path, Reply(503, b"maintenance", headers={"Retry-After": "999999999"}))
+    with server.client() as api:
+        make_webhook(api, f"parked-{unique}", receiver.url(path))
+        delivery_id = send(api, [f"parked-{unique}"])["deliveries"][0]["id"]
+        final = wait_delivery(api, delivery_id)
+    assert final["status"] == "failed"
+    assert final["attempts"] == 1
+    reason = final["error"]
+    assert "asked to wait 999999999 s" in reason and "MSGPUSH_MAX_AGE_S" in reason, reason
+    assert "HTTP 503" in reason
+
+
+def test_a_retry_after_within_the_age_limit_is_honoured(
+    api: httpx.Client, receiver: Receiver, unique: str
+) -> None:
+    path = f"/later/{unique}"
+    receiver.script(path, Reply(503, headers={"Retry-After": "1"}))
+    make_webhook(api, f"later-{unique}", receiver.url(path))
+    delivery_id = send(api, [f"later-{unique}"])["deliveries"][0]["id"]
+    final = wait_delivery(api, delivery_id)
+    assert final["status"] == "delivered"
+    first, second = final["attempt_log"]
+    assert _t(second["started_at"]) - _t(first["started_at"]) >= 0.95

@@ -349,13 +349,24 @@ class Engine:
         """After a retryable error: when to try again, or that the budget is spent."""
         policy = self.policy
         reason = outcome.diagnosis or "retryable error"
+        last = reason.removesuffix("; will retry")  # quoted in a final verdict, it would mislead
         if number >= policy.max_attempts:
-            return "failed", None, f"gave up after {number} attempts; last error: {reason}"
-        delay_ms = int(policy.delay_s(number, outcome.retry_after_s) * 1000)
-        next_at = now_ms() + delay_ms
+            return "failed", None, f"gave up after {number} attempts; last error: {last}"
+        now = now_ms()
+        next_at = now + int(policy.delay_s(number, outcome.retry_after_s) * 1000)
         if next_at - since > policy.max_age_s * 1000:
+            if outcome.retry_after_s is not None:
+                left_s = max(0.0, (since + policy.max_age_s * 1000 - now) / 1000)
+                return (
+                    "failed",
+                    None,
+                    f"gave up: the receiver asked to wait {outcome.retry_after_s:.0f} s before "
+                    f"trying again, longer than the {left_s:.0f} s left of this delivery's "
+                    f"MSGPUSH_MAX_AGE_S ({policy.max_age_s:g} s); resend it once the receiver "
+                    f"accepts messages again; last error: {last}",
+                )
             age_h = policy.max_age_s / 3600
-            return "failed", None, f"gave up: still failing after {age_h:g} h; last error: {reason}"
+            return "failed", None, f"gave up: still failing after {age_h:g} h; last error: {last}"
         return "retrying", next_at, reason
 
 
