@@ -333,6 +333,17 @@ def test_errcode_88_is_read_by_its_sub_code() -> None:
     outcome = classify_oapi(answer(wrapped), Call("notice"))
     assert (outcome.kind, outcome.vendor_code) == ("refresh_token", "42001")
     assert "errcode 88" in (outcome.vendor_message or "")
+    assert (outcome.diagnosis or "").endswith("(code 42001)")
+
+
+def test_http_401_without_a_code_refreshes_the_token_once() -> None:
+    for classify, call in (
+        (classify_api, Call("robot", "k", "r")),
+        (classify_oapi, Call("notice")),
+    ):
+        outcome = classify(VendorResponse(401, {}, b"Unauthorized"), call)
+        assert (outcome.kind, outcome.status_code) == ("refresh_token", 401)
+        assert "HTTP 401" in (outcome.diagnosis or "")
 
 
 def test_peer_d2_d3_d14_success_is_read_from_the_body_never_from_http_200() -> None:

@@ -271,9 +271,12 @@ SEND_KINDS: dict[int, tuple[str, float | None]] = {
     230038: ("failed", None),
     230099: ("failed", None),
     232009: ("failed", None),
-    99991661: ("failed", None),
+    99991661: ("refresh_token", None),
     99991663: ("refresh_token", None),
+    99991664: ("refresh_token", None),
     99991668: ("refresh_token", None),
+    99991671: ("refresh_token", None),
+    99991677: ("refresh_token", None),
     99991672: ("failed", None),
 }
 TOKEN_KINDS: dict[int, tuple[str, float | None]] = {
@@ -298,6 +301,14 @@ def test_every_send_code_is_classified_on_the_code_with_a_diagnosis(
     assert (outcome.status_code, outcome.vendor_code) == (400, str(code))
     diagnosis = outcome.diagnosis or ""
     assert "the vendor's words" in diagnosis and "{" not in diagnosis
+    if outcome.kind == "refresh_token":  # which token code it was
+        assert diagnosis.endswith(f"(code {code})")
+
+
+def test_http_401_without_a_code_refreshes_the_token_once() -> None:
+    outcome = read_answer(VendorResponse(401, {}, b"Unauthorized"), SEND_ERRORS, settings())
+    assert (outcome.kind, outcome.status_code) == ("refresh_token", 401)
+    assert "HTTP 401" in (outcome.diagnosis or "")
 
 
 @pytest.mark.parametrize(("code", "expected"), TOKEN_KINDS.items())
@@ -682,7 +693,6 @@ PERMANENT = [
     (230035, "the bot is muted there"),
     (230038, "belongs to another tenant"),
     (230099, "an id in mentions.user_ids is not a user of this tenant"),
-    (99991661, "drops the Authorization header"),
     (230001, "report it with this message"),
 ]
 
@@ -841,7 +851,10 @@ def test_a_token_revoked_mid_burst_is_refreshed_once(
     assert refreshed, "some sends met the revoked token"
 
 
-@pytest.mark.parametrize(("how", "status"), [("revoke", 400), ("revoke", 401), ("99991668", 400)])
+@pytest.mark.parametrize(
+    ("how", "status"),
+    [("revoke", 400), ("revoke", 401), ("99991668", 400), ("99991677", 400), ("99991661", 400)],
+)
 def test_peers_D12_a_refused_token_is_refreshed_and_the_send_repeated_at_once(
     api: httpx.Client, feishu: FakeFeishuApp, unique: str, how: str, status: int
 ) -> None:
@@ -854,14 +867,14 @@ def test_peers_D12_a_refused_token_is_refreshed_and_the_send_repeated_at_once(
         if how == "revoke":
             feishu.revoke(app)
         else:
-            feishu.fail_next(99991668, app=app)
+            feishu.fail_next(int(how), app=app)
         final = deliver(api, name)
     finally:
         feishu.token_error_status = 400
     assert final["status"] == "delivered"
     [attempt] = final["attempt_log"]
     assert steps(attempt) == ["send", "token", "send"]
-    code = "99991663" if how == "revoke" else "99991668"
+    code = "99991663" if how == "revoke" else how
     assert attempt["request"][0]["status"] == status
     assert f'"code":{code}' in attempt["request"][0]["response"]
     assert feishu.token_fetches(app) == 2

@@ -285,6 +285,8 @@ def answer(code: int | str, errmsg: str, status: int = 200, **extra: Any) -> Ven
 SEND_KINDS: dict[int, tuple[str, float | None]] = {
     40014: ("refresh_token", None),
     42001: ("refresh_token", None),
+    42007: ("refresh_token", None),
+    42009: ("refresh_token", None),
     40001: ("refresh_token", None),
     41001: ("failed", None),
     81013: ("failed", None),
@@ -340,6 +342,16 @@ def test_every_send_code_is_classified_with_a_clean_diagnosis(
     assert (outcome.vendor_code, outcome.vendor_message) == (str(code), raw)
     diagnosis = outcome.diagnosis or ""
     assert "some message" in diagnosis and "hint" not in diagnosis and "{" not in diagnosis
+    if outcome.kind == "refresh_token":  # which token code it was
+        assert diagnosis.endswith(f"(code {code})")
+
+
+def test_http_401_without_a_code_refreshes_the_token_once() -> None:
+    outcome = read_answer(
+        VendorResponse(401, {}, b"Unauthorized"), SEND_ERRORS, settings(), api="message/send"
+    )
+    assert (outcome.kind, outcome.status_code) == ("refresh_token", 401)
+    assert "HTTP 401" in (outcome.diagnosis or "")
 
 
 @pytest.mark.parametrize(("code", "expected"), TOKEN_KINDS.items())

@@ -368,7 +368,21 @@ def vendor_outcome(
         diagnosis = entry.diagnosis.format(message=message, **names)
     except (KeyError, IndexError):
         diagnosis = entry.diagnosis
+    if entry.kind == "refresh_token":  # which of a vendor's several token codes it was
+        diagnosis = f"{diagnosis} (code {code})"
     return Outcome(entry.kind, diagnosis=diagnosis, retry_after_s=entry.retry_after_s, **vendor)
+
+
+def unauthorized(response: VendorResponse, vendor: str) -> Outcome | None:
+    """HTTP 401 from an app API, whatever its body says: the access token was refused, so
+    fetch a new one and repeat once, as for the vendor's own token codes."""
+    if response.status != 401:
+        return None
+    return Outcome.refresh_token(
+        f"{vendor} answered HTTP 401 (the access token was refused); msgpush fetched a new one "
+        "and repeated the attempt",
+        status_code=401,
+    )
 
 
 def _url_credentials(value: str) -> list[str]:

@@ -27,6 +27,7 @@ from msgpush.channels.base import (
     VendorResponse,
     secret_field,
     token_lifetime_s,
+    unauthorized,
     vendor_outcome,
 )
 from msgpush.channels.dingtalk_common import (
@@ -910,6 +911,9 @@ def _without_code(response: VendorResponse, data: Any, setting: str, field_name:
             f"{setting} answered HTTP {status} without a DingTalk {field_name}; will retry",
             status_code=status,
         )
+    refused = unauthorized(response, "DingTalk")
+    if refused is not None:
+        return refused
     excerpt = response.text(200).strip()
     return Outcome.failed(
         f"{setting} answered HTTP {status} without a DingTalk {field_name} "

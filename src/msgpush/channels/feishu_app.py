@@ -27,6 +27,7 @@ from msgpush.channels.base import (
     secret_field,
     token_in_answer,
     token_key,
+    unauthorized,
     vendor_outcome,
     with_step,
 )
@@ -173,14 +174,30 @@ SEND_ERRORS: dict[int | str, VendorCode] = {
         "chat {receive_id} was dissolved ({message}): remove it from receive_ids",
     ),
     99991661: VendorCode(
-        "failed",
-        "Feishu received no access token ({message}); msgpush always sends one, so the server "
-        "behind api_base ({api_base}) drops the Authorization header",
+        "refresh_token",
+        "Feishu received no access token ({message}); msgpush always sends one and repeated "
+        "the attempt with a new one; if this repeats, the server behind api_base ({api_base}) "
+        "drops the Authorization header",
     ),
     99991663: VendorCode(
         "refresh_token",
         "Feishu refused the tenant_access_token ({message}); msgpush fetched a new one and "
         "repeated the attempt",
+    ),
+    99991664: VendorCode(
+        "refresh_token",
+        "Feishu refused the app access token ({message}); msgpush fetched a new one and "
+        "repeated the attempt",
+    ),
+    99991671: VendorCode(
+        "refresh_token",
+        "Feishu could not read the access token ({message}); msgpush fetched a new one and "
+        "repeated the attempt",
+    ),
+    99991677: VendorCode(
+        "refresh_token",
+        "the tenant_access_token expired ({message}); msgpush fetched a new one and repeated "
+        "the attempt",
     ),
     99991668: VendorCode(
         "refresh_token",
@@ -548,6 +565,9 @@ def _not_feishu(response: VendorResponse, api_base: str) -> Outcome:
         )
     if status in (408, 425) or status >= 500 or 300 <= status < 400:
         return http_status_outcome(response)
+    refused = unauthorized(response, "Feishu")
+    if refused is not None:
+        return refused
     excerpt = response.text(200).strip()
     detail = f": {excerpt}" if excerpt else ""
     return Outcome.failed(

@@ -27,6 +27,7 @@ from msgpush.channels.base import (
     secret_field,
     token_in_answer,
     token_key,
+    unauthorized,
     vendor_outcome,
     with_step,
 )
@@ -159,6 +160,15 @@ SEND_ERRORS: dict[int | str, VendorCode] = {
         "refresh_token",
         "WeCom says the access token is invalid or not the latest ({message}); msgpush "
         "fetched a new one and repeated the attempt",
+    ),
+    42007: VendorCode(
+        "refresh_token",
+        "WeCom revoked the access token ({message}); msgpush fetched a new one and repeated "
+        "the attempt",
+    ),
+    42009: VendorCode(
+        "refresh_token",
+        "the access token expired ({message}); msgpush fetched a new one and repeated the attempt",
     ),
     41001: VendorCode(
         "failed",
@@ -711,6 +721,9 @@ def _not_wecom(response: VendorResponse, api_base: str) -> Outcome:
     status = response.status
     if status in (408, 425, 429) or status >= 500 or 300 <= status < 400:
         return http_status_outcome(response)
+    refused = unauthorized(response, "WeCom")
+    if refused is not None:
+        return refused
     excerpt = response.text(200).strip()
     detail = f": {excerpt}" if excerpt else ""
     return Outcome.failed(
