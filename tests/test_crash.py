@@ -102,3 +102,17 @@ def test_sigkill_mid_burst_then_restart_delivers_every_accepted_message(
                 d["status"] for d in api.get(f"/messages/{message_id}").json()["deliveries"]
             }
             assert statuses == {"delivered"}
+        # Sends repeated after the crash are told in the history: the attempt interrupted by the
+        # kill is recorded as such, so "sent twice" never hides behind one attempt shown.
+        arrivals: dict[str, int] = {}
+        for received in receiver.at(path):
+            message_id = received.json()["message_id"]
+            arrivals[message_id] = arrivals.get(message_id, 0) + 1
+        repeated = [m for m, count in arrivals.items() if count > 1]
+        for message_id in repeated[:10]:
+            [delivery] = api.get(f"/messages/{message_id}").json()["deliveries"]
+            log = api.get(f"/deliveries/{delivery['id']}").json()["attempt_log"]
+            outcomes = [a["outcome"] for a in log]
+            assert outcomes[0] == "interrupted" and outcomes[-1] == "delivered", outcomes
+            assert "may have received the message" in log[0]["diagnosis"]
+            assert len(log) == arrivals[message_id]

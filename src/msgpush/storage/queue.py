@@ -19,6 +19,11 @@ from msgpush.ids import new_id, now_ms
 from msgpush.storage.db import Database, DriverInsert, DriverStatement
 from msgpush.storage.schema import deliveries, delivery_attempts, events, messages
 
+INTERRUPTED = (
+    "the process sending this stopped before it could record the answer (it was killed or lost "
+    "the database); the vendor may have received the message once already; sending again"
+)
+
 
 @dataclass(frozen=True)
 class Target:
@@ -211,22 +216,60 @@ class Queue:
         return claimed
 
     async def release_expired_leases(self) -> int:
-        """Deliveries whose worker died mid-send become due again (at-least-once)."""
+        """Deliveries whose worker died mid-send become due again (at-least-once).
+
+        Each counts an attempt with outcome ``interrupted``, so the history tells that the
+        message may have reached the vendor once already."""
         now = now_ms()
 
         async def op(conn: AsyncConnection) -> int:
-            result = await conn.execute(
+            expired = (
+                await conn.execute(
+                    select(deliveries.c.id, deliveries.c.attempts, deliveries.c.lease_owner)
+                    .where(deliveries.c.status == "sending", deliveries.c.lease_until < now)
+                    .with_for_update(skip_locked=True)
+                )
+            ).all()
+            if not expired:
+                return 0
+            await conn.execute(
                 update(deliveries)
-                .where(deliveries.c.status == "sending", deliveries.c.lease_until < now)
+                .where(
+                    deliveries.c.id == bindparam("r_id"),
+                    deliveries.c.status == "sending",
+                    deliveries.c.lease_owner == bindparam("r_owner"),
+                )
                 .values(
                     status="retrying",
+                    attempts=bindparam("r_number"),
                     lease_owner=None,
                     lease_until=None,
                     next_attempt_at=now,
                     updated_at=now,
-                )
+                    last_error=INTERRUPTED,
+                ),
+                [
+                    {"r_id": row.id, "r_owner": row.lease_owner, "r_number": row.attempts + 1}
+                    for row in expired
+                ],
             )
-            return int(result.rowcount or 0)
+            await _insert_attempts.run_many(
+                conn,
+                [
+                    {
+                        "delivery_id": row.id,
+                        "number": row.attempts + 1,
+                        "started_at": now,
+                        "duration_ms": 0,
+                        "outcome": "interrupted",
+                        "diagnosis": INTERRUPTED,
+                        "next_attempt_at": now,
+                        "worker": row.lease_owner,
+                    }
+                    for row in expired
+                ],
+            )
+            return len(expired)
 
         released: int = await self._db.write(op, durable=False)
         return released

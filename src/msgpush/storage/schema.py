@@ -83,7 +83,7 @@ delivery_attempts = Table(
     Column("number", Integer, nullable=False),
     Column("started_at", BigInteger, nullable=False),
     Column("duration_ms", Integer, nullable=False),
-    # delivered | retry | failed | refresh_token
+    # delivered | retry | failed | refresh_token | interrupted (its process died mid-send)
     Column("outcome", String(16), nullable=False),
     Column("status_code", Integer, nullable=True),
     Column("vendor_code", String(64), nullable=True),

@@ -233,6 +233,7 @@ const MESSAGES = {
     "outcome.retry": "Will retry",
     "outcome.failed": "Failed",
     "outcome.refresh_token": "Token refreshed",
+    "outcome.interrupted": "Interrupted",
 
     "rules.title": "Rules",
     "rules.intro":
@@ -548,6 +549,7 @@ const MESSAGES = {
     "outcome.retry": "将重试",
     "outcome.failed": "失败",
     "outcome.refresh_token": "已刷新令牌",
+    "outcome.interrupted": "已中断",
 
     "rules.title": "规则",
     "rules.intro": "规则把平台上报的事件（任务失败、告警、数据更新、权限申请）路由到渠道，决定通知谁、消息怎么写，并把告警风暴合并为摘要。",
