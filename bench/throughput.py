@@ -75,11 +75,20 @@ CONTENT = (
     "skipped rows. Next run at 02:00 UTC. This line pads the content to a typical alert size."
 )
 
-# targets: (label, figure, comparison, reference figure or constant, factor)
+# targets: (label, figure, comparison, reference figure or constant, factor). The old target
+# "(3) accepted/s >= 0.6 x (2) web ceiling" is retired: on two cores shared with the load
+# generator and the receiver it asks for more CPU than there is (docs/performance.md); CPU per
+# message is the figure that other work on the machine disturbs least.
 TARGETS = (
-    ("(3) accepted/s >= 0.6 x (2) web ceiling", "single_accepted_ps", ">=", "web_ceiling_ps", 0.6),
-    ("(3) delivered/s >= (3) accepted/s", "single_delivered_ps", ">=", "single_accepted_ps", 1.0),
-    ("(4) batch delivered/s >= 0.3 x (1) ceiling", "batch_delivered_ps", ">=", "ceiling_ps", 0.3),
+    (
+        "(3) msgpush CPU per single-POST message <= 0.40 ms",
+        "single_cpu_ms_per_msg",
+        "<=",
+        0.40,
+        1.0,
+    ),
+    ("(4) msgpush CPU per batched message <= 0.20 ms", "batch_cpu_ms_per_msg", "<=", 0.20, 1.0),
+    ("(4) batch delivered/s >= 0.4 x (1) ceiling", "batch_delivered_ps", ">=", "ceiling_ps", 0.4),
     ("enqueue-to-delivered p50 <= 10 ms", "latency_p50_ms", "<=", 10.0, 1.0),
     ("enqueue-to-delivered p99 <= 50 ms", "latency_p99_ms", "<=", 50.0, 1.0),
     ("idle RSS <= 120 MB", "idle_rss_mb", "<=", 120.0, 1.0),
