@@ -46,6 +46,7 @@ REFILL_WAIT_S = 0.005
 BACKLOG_AFTER_S = 0.5
 MAX_TIMER_MS = 300_000  # later work is found by polling
 JANITOR_EVERY_S = 5.0
+HOLD_MS = 2_000
 TEST_MESSAGE = Message(
     title="msgpush Test Push",
     content="This is a test message from msgpush. If you can read it, the channel works.",
@@ -89,6 +90,9 @@ class Engine:
         self._http = http
         self._tokens = tokens
         self._pacer = LocalPacer(settings.rate_window_scale)
+        # a booked send time this close is waited for with the claim held (well inside the
+        # lease); a later one puts the delivery back in the queue until then
+        self._hold_ms = int(min(HOLD_MS, settings.lease_s * 1000 / 4))
         self.policy = RetryPolicy(
             settings.retry_base_s,
             settings.retry_max_delay_s,
@@ -251,13 +255,16 @@ class Engine:
         else:
             stamp = None
             if channel.limited:
-                wait_ms = await self._limiter.acquire(channel.id, channel.limit)
-                if wait_ms:
+                slot = await self._limiter.acquire(channel.id, channel.limit, hold_ms=self._hold_ms)
+                if not slot.reserved:
                     self._deferred += 1
                     metrics.RATE_LIMIT_WAITS.inc()
-                    await self._queue.defer(claimed.id, self.owner, now_ms() + wait_ms)
-                    self._wake_at(wait_ms)
+                    await self._queue.defer(claimed.id, self.owner, now_ms() + slot.wait_ms)
+                    self._wake_at(slot.wait_ms)
                     return
+                if slot.wait_ms:  # the booked moment: every process paces by the one log
+                    self._deferred += 1  # waiting for a window is no backlog of sends
+                    await asyncio.sleep(slot.wait_ms / 1000)
                 stamp = await self._pacer.wait_turn(channel.id, channel.limit)
             payload, event_json, created_at = stored  # the event a message came from, if any
             message = Message.model_validate_json(payload)
@@ -383,15 +390,16 @@ async def test_push(
     """
     clock = time.perf_counter()
     if limiter is not None:
-        wait_ms = await limiter.acquire(channel.id, channel.limit)
-        if wait_ms:
+        slot = await limiter.acquire(channel.id, channel.limit)
+        if not slot.reserved:
             return {
                 "ok": False,
                 "status_code": None,
                 "vendor_code": None,
                 "vendor_message": None,
                 "diagnosis": (
-                    f"the channel's rate window is full; the next send fits in {wait_ms / 1000:.1f} s"
+                    f"the channel's rate window is full; the next send fits in "
+                    f"{slot.wait_ms / 1000:.1f} s"
                 ),
                 "duration_ms": 0,
                 "request": None,

@@ -1,8 +1,9 @@
 """Per-channel rate windows, kept in the database so every worker process shares them.
 
-A send takes a slot in each of its channel's windows (a sliding log of send times); when a
-window is full the delivery waits, durably, until the oldest send in it leaves the window. No
-delivery is dropped and no vendor rate-limit error is drawn.
+A send books its time in its channel's log (a sliding log of send times, shared by every
+process and node): the earliest moment at which each of the channel's windows still has room.
+A moment a little ahead is booked and waited for in memory; a later one makes the delivery wait,
+durably, and ask again then. No delivery is dropped and no vendor rate-limit error is drawn.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict, deque
+from dataclasses import dataclass
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from msgpush.channels.base import RateLimit
@@ -28,52 +30,72 @@ def safety_margin_ms(window_ms: int) -> int:
     return max(100, window_ms // 50)
 
 
+@dataclass(frozen=True)
+class Slot:
+    """A place in a channel's rate windows: ``wait_ms`` from now. ``reserved``: the place is
+    booked in the database, so send at that moment; else it is only when to ask again."""
+
+    wait_ms: int
+    reserved: bool
+
+
+FREE = Slot(0, True)
+
+
 class RateLimiter:
     def __init__(self, db: Database, window_scale: float = 1.0) -> None:
         self._db = db
         self._scale = window_scale
 
-    async def acquire(self, channel_id: str, limit: RateLimit) -> int:
-        """Take a send slot now; returns 0, or the milliseconds to wait before trying again."""
+    async def acquire(self, channel_id: str, limit: RateLimit, *, hold_ms: int = 0) -> Slot:
+        """Book the earliest send time that keeps every window of ``limit`` within its count.
+
+        Every process books in the one log, in time order per channel (the channel's row lock
+        on PostgreSQL, the single writer on SQLite), so no stretch of a window's length ever
+        holds more booked sends than the limit, across processes and nodes. A time up to
+        ``hold_ms`` away is booked and the caller waits for it; a later one is not booked, and
+        the caller puts the delivery back until then.
+        """
         windows = limit.windows()
         if not windows:
-            return 0
+            return FREE
 
-        async def op(conn: AsyncConnection) -> int:
+        async def op(conn: AsyncConnection) -> Slot:
             now = now_ms()
             if self._db.dialect == "postgresql":  # serialise slot-taking per channel
                 await conn.execute(
                     select(channels.c.id).where(channels.c.id == channel_id).with_for_update()
                 )
-            wait = 0
-            for full_window_ms, most in windows:
-                vendor_window_ms = int(full_window_ms * self._scale)
-                window_ms = vendor_window_ms + safety_margin_ms(vendor_window_ms)
-                since = now - window_ms
-                in_window = (rate_events.c.channel_id == channel_id) & (rate_events.c.at_ms > since)
-                count = (
-                    await conn.execute(
-                        select(func.count()).select_from(rate_events).where(in_window)
+            longest_ms = max(self._padded(full_ms) for full_ms, _ in windows)
+            booked = [
+                at
+                for (at,) in await conn.execute(
+                    select(rate_events.c.at_ms)
+                    .where(
+                        rate_events.c.channel_id == channel_id,
+                        rate_events.c.at_ms > now - longest_ms,
                     )
-                ).scalar_one()
-                if count >= most:
-                    # the send that must leave the window before one more fits
-                    oldest = (
-                        await conn.execute(
-                            select(rate_events.c.at_ms)
-                            .where(in_window)
-                            .order_by(rate_events.c.at_ms)
-                            .offset(count - most)
-                            .limit(1)
-                        )
-                    ).scalar_one()
-                    wait = max(wait, oldest + window_ms - now + 1)
-            if wait == 0:
-                await conn.execute(insert(rate_events).values(channel_id=channel_id, at_ms=now))
-            return wait
+                    .order_by(rate_events.c.at_ms)
+                )
+            ]
+            at = max(now, booked[-1]) if booked else now
+            for full_ms, most in windows:
+                window_ms = self._padded(full_ms)
+                inside = [b for b in booked if b > now - window_ms]
+                if len(inside) >= most:
+                    # the booked send that must leave the window before one more fits
+                    at = max(at, inside[len(inside) - most] + window_ms + 1)
+            if at - now > hold_ms:
+                return Slot(at - now, False)
+            await conn.execute(insert(rate_events).values(channel_id=channel_id, at_ms=at))
+            return Slot(at - now, True)
 
-        waited: int = await self._db.write(op, durable=False)
-        return waited
+        slot: Slot = await self._db.write(op, durable=False)
+        return slot
+
+    def _padded(self, full_window_ms: int) -> int:
+        vendor_window_ms = int(full_window_ms * self._scale)
+        return vendor_window_ms + safety_margin_ms(vendor_window_ms)
 
     async def forget_old(self) -> None:
         cutoff = now_ms() - LONGEST_WINDOW_MS - 60_000
