@@ -57,6 +57,7 @@ ADMIN_ROUTES = {
     ("GET", "/templates/{event_type}"),
     ("PUT", "/templates/{event_type}"),
     ("DELETE", "/templates/{event_type}"),
+    ("GET", "/audit"),
 }
 
 # plausible ids that exist nowhere

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from sqlalchemy import inspect
 
 from msgpush.settings import Settings
-from msgpush.storage.db import ProcessWriteLock, make_engine, migrate
+from msgpush.storage.db import ProcessWriteLock, _alembic_config, make_engine, migrate
 from msgpush.storage.schema import metadata
 from tests.server import create_pg_database, drop_pg_database
 
@@ -40,6 +43,39 @@ def test_migrations_match_schema(backend: str, tmp_path: Path) -> None:
             drop_pg_database(url)
     else:
         assert _diff_after_migrating(Settings(data_dir=tmp_path)) == []
+
+
+def _tables_after_downgrading(settings: Settings, revision: str) -> tuple[set[str], set[str]]:
+    """The tables after a downgrade to ``revision``, and after upgrading back to the head."""
+
+    def tables(sync: Any) -> set[str]:
+        return set(inspect(sync).get_table_names())
+
+    async def run() -> tuple[set[str], set[str]]:
+        engine = make_engine(settings)
+        try:
+            await migrate(engine)
+            async with engine.begin() as conn:
+                await conn.run_sync(lambda sync: command.downgrade(_alembic_config(sync), revision))
+                down = await conn.run_sync(tables)
+            await migrate(engine)
+            async with engine.connect() as conn:
+                return down, await conn.run_sync(tables)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
+def test_the_audit_log_migration_downgrades(backend: str, tmp_path: Path) -> None:
+    url = create_pg_database() if backend == "postgresql" else None
+    try:
+        down, up = _tables_after_downgrading(Settings(data_dir=tmp_path, database_url=url), "0003")
+    finally:
+        if url:
+            drop_pg_database(url)
+    assert "audit_log" not in down and "rules" in down
+    assert "audit_log" in up
 
 
 async def test_the_write_lock_waits_without_stopping_the_event_loop(tmp_path: Path) -> None:

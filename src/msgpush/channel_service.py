@@ -22,6 +22,14 @@ from msgpush.channels.base import ChannelSettings, ChannelType, RateLimit
 from msgpush.errors import ApiError, not_found, validation_error
 from msgpush.ids import iso, new_id, now_ms
 from msgpush.secretbox import SecretBox, is_masked, mask
+from msgpush.storage.audit import (
+    SYSTEM,
+    Actor,
+    Change,
+    changed_fields,
+    record_change,
+    update_action,
+)
 from msgpush.storage.db import Database
 from msgpush.storage.queue import Target
 from msgpush.storage.schema import channels, deliveries
@@ -200,7 +208,7 @@ class ChannelService:
 
     # -- writes ------------------------------------------------------------------------------
 
-    async def create(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def create(self, body: dict[str, Any], *, actor: Actor = SYSTEM) -> dict[str, Any]:
         name = _name(body.get("name"))
         channel_type = channel_type_or_error(body.get("type"))
         settings = validate_settings(channel_type, body.get("config", {}))
@@ -221,9 +229,14 @@ class ChannelService:
             "created_at": now,
             "updated_at": now,
         }
+        given = [key for key in body if key != "config"] + [
+            f"config.{name}" for name in settings.model_fields_set
+        ]
+        change = Change("create", "channel", str(row["id"]), name, tuple(sorted(given)))
 
         async def op(conn: AsyncConnection) -> None:
             await conn.execute(channels.insert().values(**row))
+            await record_change(conn, actor, change)
 
         try:
             await self._db.write(op)
@@ -234,7 +247,9 @@ class ChannelService:
         self._forget()
         return await self.get(str(row["id"]))
 
-    async def update(self, ref: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def update(
+        self, ref: str, body: dict[str, Any], *, actor: Actor = SYSTEM
+    ) -> dict[str, Any]:
         unknown = set(body) - {"name", "config", "enabled", "description", "rate_limit"}
         if unknown:
             field = sorted(unknown)[0]
@@ -254,6 +269,10 @@ class ChannelService:
             values["rate_limit"] = (
                 orjson.dumps(limit.model_dump(exclude_none=True)).decode() if limit else None
             )
+        before = {name: getattr(row, name) for name in ("name", "description", "enabled")}
+        before["rate_limit"] = row.rate_limit
+        fields = changed_fields(before, before | values)
+        fields = tuple(name for name in fields if name != "updated_at")
         if "config" in body:
             incoming = body["config"]
             if not isinstance(incoming, dict):
@@ -262,9 +281,17 @@ class ChannelService:
             public, secret = channel_type.split(settings)
             values["config"] = orjson.dumps(public).decode()
             values["secrets"] = self._box.seal(secret)
+            fields += changed_fields(
+                {**orjson.loads(row.config), **self._box.open(row.secrets)},
+                {**public, **secret},
+                "config.",
+            )
+        action = update_action(fields, values.get("enabled"))
+        change = Change(action, "channel", row.id, values.get("name", row.name), fields)
 
         async def op(conn: AsyncConnection) -> None:
             await conn.execute(update(channels).where(channels.c.id == row.id).values(**values))
+            await record_change(conn, actor, change)
 
         try:
             await self._db.write(op)
@@ -311,13 +338,15 @@ class ChannelService:
         loaded.secrets = channel_type.secret_values(settings)
         return loaded
 
-    async def delete(self, ref: str) -> None:
+    async def delete(self, ref: str, *, actor: Actor = SYSTEM) -> None:
         async with self._db.read() as conn:
             row = await self._row(conn, ref)
         now = now_ms()
+        change = Change("delete", "channel", row.id, row.name)
 
         async def op(conn: AsyncConnection) -> None:
             await conn.execute(delete(channels).where(channels.c.id == row.id))
+            await record_change(conn, actor, change)
             await conn.execute(
                 update(deliveries)
                 .where(
@@ -332,15 +361,26 @@ class ChannelService:
         await self._db.write(op)
         self._forget()
 
-    async def record_test(self, channel_id: str, result: dict[str, Any]) -> None:
+    async def record_test(
+        self, tested: LoadedChannel, result: dict[str, Any] | None, *, actor: Actor = SYSTEM
+    ) -> None:
+        """Audit a Test Push of a saved channel, naming the unsaved settings it tried; with a
+        ``result`` (saved settings tested) it also becomes the channel's last test."""
         now = now_ms()
+        stored = await self.load(tested.id)
+        fields = (
+            changed_fields(_plain(stored), _plain(tested), "config.") if stored is not None else ()
+        )
+        change = Change("test", "channel", tested.id, tested.name, fields)
 
         async def op(conn: AsyncConnection) -> None:
-            await conn.execute(
-                update(channels)
-                .where(channels.c.id == channel_id)
-                .values(last_test=orjson.dumps(result).decode(), last_test_at=now)
-            )
+            if result is not None:
+                await conn.execute(
+                    update(channels)
+                    .where(channels.c.id == tested.id)
+                    .values(last_test=orjson.dumps(result).decode(), last_test_at=now)
+                )
+            await record_change(conn, actor, change)
 
         await self._db.write(op)
 
@@ -418,6 +458,12 @@ class ChannelService:
             limit=channel_type.default_limits.lowered_by(override),
             secrets=channel_type.secret_values(settings),
         )
+
+
+def _plain(channel: LoadedChannel) -> dict[str, Any]:
+    """A channel's settings, secrets included, as plain values to compare."""
+    public, secret = channel.type.split(channel.settings)
+    return {**public, **secret}
 
 
 def _name(value: Any) -> str:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from msgpush.datadir import private_dir
 from msgpush.settings import Settings
 
 if TYPE_CHECKING:
@@ -129,12 +130,12 @@ def _metrics_in_files(directory: Path) -> None:
     library is first imported (see msgpush/metrics.py)."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         return
-    directory.mkdir(parents=True, exist_ok=True)
+    private_dir(directory)
     for earlier in directory.iterdir():  # figures of serve processes that are gone
         if earlier.is_dir() and earlier.name.isdigit() and not _alive(int(earlier.name)):
             shutil.rmtree(earlier, ignore_errors=True)
     mine = directory / str(os.getpid())  # another serve may share the data directory
-    mine.mkdir(exist_ok=True)
+    private_dir(mine)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(mine.resolve())
 
 

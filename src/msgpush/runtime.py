@@ -14,6 +14,7 @@ from msgpush.delivery.processes import WorkerProcesses
 from msgpush.delivery.tokens import TokenCache
 from msgpush.secretbox import SecretBox, load_or_create_key
 from msgpush.settings import Settings
+from msgpush.storage.audit import AuditLog
 from msgpush.storage.db import Database
 from msgpush.storage.history import History
 from msgpush.storage.queue import Queue
@@ -50,6 +51,7 @@ class Runtime:
         self.queue = Queue(self.db, int(settings.idempotency_ttl_s * 1000))
         self.tokens = TokenStore(self.db)
         self.history = History(self.db)
+        self.audit = AuditLog(self.db)
         self.limiter = RateLimiter(self.db, settings.rate_window_scale)
         self.http = HttpClient()
         self.vendor_tokens = TokenCache(self.db, self.box)
@@ -87,6 +89,7 @@ class Runtime:
         if self.engine is not None:
             await self.engine.stop()
         await self.http.close()
+        await self.tokens.flush()
         await self.db.close()
 
     def worker_processes_state(self) -> dict[str, int]:

@@ -10,6 +10,8 @@ from urllib.parse import urlsplit, urlunsplit
 import orjson
 from cryptography.fernet import Fernet, InvalidToken
 
+from msgpush.datadir import open_private, private_dir
+
 MASK = "••••"
 
 
@@ -32,9 +34,9 @@ def load_or_create_key(data_dir: Path, configured: str | None) -> bytes:
     path = data_dir / "secret.key"
     if path.exists():
         return path.read_bytes().strip()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(data_dir)
     key = Fernet.generate_key()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    fd = open_private(path, os.O_WRONLY | os.O_EXCL)
     with os.fdopen(fd, "wb") as handle:
         handle.write(key)
     return key

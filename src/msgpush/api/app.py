@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from msgpush import __version__, metrics
 from msgpush.api import (
+    audit,
     channels,
     deliveries,
     events,
@@ -150,6 +151,7 @@ def create_app(settings: Settings | None = None, *, worker: bool = True) -> Fast
         rules.router,
         templates.router,
         integrations.router,
+        audit.router,
     ):
         app.include_router(router, prefix="/api/v1")
 

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
-from msgpush.api.common import JSON, admin, read_json, runtime, sender
+from msgpush.api.common import JSON, actor, admin, read_json, runtime, sender
 from msgpush.channel_service import (
     LoadedChannel,
     channel_type_or_error,
@@ -92,7 +92,7 @@ async def create_channel(request: Request) -> JSON:
     if not isinstance(body, dict):
         raise ApiError(422, "invalid", "the body must be a JSON object")
     _refuse_unknown(body, {"name", "type", "config", "enabled", "description", "rate_limit"})
-    return JSON(await runtime(request).channels.create(body), status_code=201)
+    return JSON(await runtime(request).channels.create(body, actor=actor(request)), status_code=201)
 
 
 @router.post(
@@ -133,14 +133,14 @@ async def update_channel(request: Request, ref: str) -> JSON:
     body = await read_json(request)
     if not isinstance(body, dict):
         raise ApiError(422, "invalid", "the body must be a JSON object")
-    return JSON(await runtime(request).channels.update(ref, body))
+    return JSON(await runtime(request).channels.update(ref, body, actor=actor(request)))
 
 
 @router.delete(
     "/channels/{ref}", dependencies=[Depends(admin)], status_code=204, summary="Delete a channel"
 )
 async def delete_channel(request: Request, ref: str) -> Response:
-    await runtime(request).channels.delete(ref)
+    await runtime(request).channels.delete(ref, actor=actor(request))
     return Response(status_code=204)
 
 
@@ -173,7 +173,6 @@ async def test_saved(request: Request, ref: str) -> JSON:
     if channel is None:
         raise ApiError(404, "not_found", f"no channel {ref!r}")
     result: dict[str, Any] = await test_push(rt.http, rt.limiter, channel, rt.vendor_tokens)
-    if edits is None:
-        summary = {k: v for k, v in result.items() if k != "request"}
-        await rt.channels.record_test(channel.id, summary)
+    summary = {k: v for k, v in result.items() if k != "request"} if edits is None else None
+    await rt.channels.record_test(channel, summary, actor=actor(request))
     return JSON(result)

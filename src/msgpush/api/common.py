@@ -12,6 +12,8 @@ from pydantic import BaseModel, ValidationError
 
 from msgpush.errors import ApiError, validation_error
 from msgpush.runtime import Runtime
+from msgpush.storage.audit import Actor
+from msgpush.storage.tokens import TokenIdentity
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -37,8 +39,10 @@ def bearer(header: str | None) -> str | None:
     return None
 
 
-async def authorize(rt: Runtime, authorization: str | None, allowed: Collection[str]) -> str:
-    """The role of the request's token; 401 without a valid one, 403 for another role."""
+async def authorize(
+    rt: Runtime, authorization: str | None, allowed: Collection[str]
+) -> TokenIdentity:
+    """The request's token; 401 without a valid one, 403 for a role not ``allowed``."""
     token = bearer(authorization)
     if token is None:
         raise ApiError(
@@ -46,14 +50,16 @@ async def authorize(rt: Runtime, authorization: str | None, allowed: Collection[
             "unauthorized",
             "missing API token: send the header Authorization: Bearer <token>",
         )
-    role = await rt.tokens.role_of(token)
-    if role is None:
+    identity = await rt.tokens.identify(token)
+    if identity is None:
         raise ApiError(401, "unauthorized", "the API token is not valid (unknown or deleted)")
-    if role not in allowed:
+    if identity.role not in allowed:
         raise ApiError(
-            403, "forbidden", f"this route needs an admin token; this token's role is {role}"
+            403,
+            "forbidden",
+            f"this route needs an admin token; this token's role is {identity.role}",
         )
-    return role
+    return identity
 
 
 def require(*roles: str) -> Callable[[Request], Awaitable[str]]:
@@ -61,12 +67,24 @@ def require(*roles: str) -> Callable[[Request], Awaitable[str]]:
     allowed = frozenset({"admin", *roles})
 
     async def check(request: Request) -> str:
-        role = await authorize(runtime(request), request.headers.get("authorization"), allowed)
+        identity = await authorize(runtime(request), request.headers.get("authorization"), allowed)
+        request.state.token = identity
         _refuse_nul(request)
         _refuse_unknown_query(request)
-        return role
+        return identity.role
 
     return check
+
+
+def actor(request: Request) -> Actor:
+    """Who makes this request, for the audit log: its token (as ``require`` found it) and the
+    client's address."""
+    identity: TokenIdentity | None = getattr(request.state, "token", None)
+    return Actor(
+        token_id=identity.id if identity else None,
+        token_name=identity.name if identity else None,
+        address=request.client.host if request.client else None,
+    )
 
 
 def _refuse_nul(request: Request) -> None:

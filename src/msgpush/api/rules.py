@@ -6,7 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from msgpush.api.common import JSON, admin, read_json
+from msgpush.api.common import JSON, actor, admin, read_json
 from msgpush.api.events import body_of, events_service
 from msgpush.events.models import Rule
 
@@ -36,7 +36,8 @@ async def list_rules(request: Request) -> JSON:
 )
 async def create_rule(request: Request) -> JSON:
     body = await read_json(request)
-    return JSON(await events_service(request).rules.create(body), status_code=201)
+    created = await events_service(request).rules.create(body, actor=actor(request))
+    return JSON(created, status_code=201)
 
 
 @router.get("/rules/{ref}", summary="One rule (by id or name)")
@@ -47,10 +48,10 @@ async def get_rule(request: Request, ref: str) -> JSON:
 @router.patch("/rules/{ref}", summary="Change a rule (the fields sent)")
 async def update_rule(request: Request, ref: str) -> JSON:
     body = await read_json(request)
-    return JSON(await events_service(request).rules.update(ref, body))
+    return JSON(await events_service(request).rules.update(ref, body, actor=actor(request)))
 
 
 @router.delete("/rules/{ref}", status_code=204, summary="Delete a rule")
 async def delete_rule(request: Request, ref: str) -> Response:
-    await events_service(request).rules.delete(ref)
+    await events_service(request).rules.delete(ref, actor=actor(request))
     return Response(status_code=204)

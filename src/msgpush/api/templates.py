@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from pydantic import TypeAdapter, ValidationError
 
-from msgpush.api.common import JSON, admin, read_json
+from msgpush.api.common import JSON, actor, admin, read_json
 from msgpush.api.events import body_of, events_service
 from msgpush.errors import ApiError, validation_error
 from msgpush.events.models import Event, TemplateOverride, TypePattern
@@ -168,12 +168,15 @@ async def put_template(request: Request, event_type: str) -> JSON:
     event_type = _event_type(event_type)
     template = _template(await read_json(request))
     service = events_service(request)
-    await service.templates.put(event_type, template)
+    await service.templates.put(event_type, template, actor=actor(request))
     return JSON(await _view(service, event_type))
 
 
 @router.delete("/templates/{event_type}", status_code=204, summary="Back to the built-in template")
 async def delete_template(request: Request, event_type: str) -> Response:
-    if not await events_service(request).templates.delete(_event_type(event_type)):
+    deleted = await events_service(request).templates.delete(
+        _event_type(event_type), actor=actor(request)
+    )
+    if not deleted:
         raise ApiError(404, "not_found", f"no template override for {event_type!r}")
     return Response(status_code=204)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from msgpush.api.common import JSON, admin, read_json, runtime
+from msgpush.api.common import JSON, actor, admin, read_json, runtime
 from msgpush.errors import ApiError
 
 router = APIRouter(dependencies=[Depends(admin)])
@@ -25,11 +25,13 @@ async def create_token(request: Request) -> JSON:
     if unknown:
         field = sorted(unknown)[0]
         raise ApiError(422, "invalid", f"{field}: unknown field; remove it", field)
-    token, view = await runtime(request).tokens.create(body.get("name", ""), body.get("role", ""))
+    token, view = await runtime(request).tokens.create(
+        body.get("name", ""), body.get("role", ""), actor=actor(request)
+    )
     return JSON({**view, "token": token}, status_code=201)
 
 
 @router.delete("/tokens/{token_id}", status_code=204, summary="Delete an API token")
 async def delete_token(request: Request, token_id: str) -> Response:
-    await runtime(request).tokens.delete(token_id)
+    await runtime(request).tokens.delete(token_id, actor=actor(request))
     return Response(status_code=204)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import IO
@@ -14,6 +15,7 @@ from sqlalchemy import delete, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from msgpush.channels.base import FetchedToken, token_key
+from msgpush.datadir import open_private
 from msgpush.ids import now_ms
 from msgpush.metrics import TOKEN_FETCHES
 from msgpush.secretbox import SecretBox
@@ -28,7 +30,7 @@ __all__ = ["REFRESH_MARGIN_MS", "TokenCache", "token_key"]  # token_key re-expor
 
 
 def _locked(path: Path) -> IO[bytes]:
-    handle = path.open("ab")
+    handle = os.fdopen(open_private(path, os.O_WRONLY | os.O_APPEND), "ab")
     fcntl.flock(handle, fcntl.LOCK_EX)
     return handle
 

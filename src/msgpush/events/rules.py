@@ -21,6 +21,14 @@ from msgpush.events.models import Rule, TemplateOverride, at_least
 from msgpush.events.templates import EventRecord, check_names
 from msgpush.ids import iso, new_id, now_ms
 from msgpush.message import Recipients
+from msgpush.storage.audit import (
+    SYSTEM,
+    Actor,
+    Change,
+    changed_fields,
+    record_change,
+    update_action,
+)
 from msgpush.storage.db import Database
 from msgpush.storage.queue import Target
 from msgpush.storage.schema import channels, event_groups, rules
@@ -230,7 +238,7 @@ class RuleStore:
     def _stored(rule: Rule) -> str:
         return orjson.dumps(rule.model_dump(mode="json", exclude={"enabled"})).decode()
 
-    async def create(self, body: Any) -> dict[str, Any]:
+    async def create(self, body: Any, *, actor: Actor = SYSTEM) -> dict[str, Any]:
         rule = await self._validated(body)
         now = now_ms()
         rule_id = new_id("rule")
@@ -242,39 +250,48 @@ class RuleStore:
             "created_at": now,
             "updated_at": now,
         }
+        change = Change("create", "rule", rule_id, rule.name, tuple(sorted(body)))
 
         async def op(conn: AsyncConnection) -> None:
             await conn.execute(rules.insert().values(**row))
+            await record_change(conn, actor, change)
 
         await self._write(op, rule.name)
         return await self.get(rule_id)
 
-    async def update(self, ref: str, body: Any) -> dict[str, Any]:
+    async def update(self, ref: str, body: Any, *, actor: Actor = SYSTEM) -> dict[str, Any]:
         if not isinstance(body, dict):
             raise ApiError(422, "invalid", "the body must be a JSON object with the changes")
         async with self._db.read() as conn:
             row = await self._row(conn, ref)
         stored = orjson.loads(row.body) | {"enabled": row.enabled}
         rule = await self._validated(stored | body)
+        body_text = self._stored(rule)
         values = {
             "name": rule.name,
             "enabled": rule.enabled,
-            "body": self._stored(rule),
+            "body": body_text,
             "updated_at": now_ms(),
         }
+        fields = changed_fields(stored, orjson.loads(body_text) | {"enabled": rule.enabled})
+        action = update_action(fields, rule.enabled)
+        change = Change(action, "rule", row.id, rule.name, fields)
 
         async def op(conn: AsyncConnection) -> None:
             await conn.execute(update(rules).where(rules.c.id == row.id).values(**values))
+            await record_change(conn, actor, change)
 
         await self._write(op, rule.name)
         return await self.get(row.id)
 
-    async def delete(self, ref: str) -> None:
+    async def delete(self, ref: str, *, actor: Actor = SYSTEM) -> None:
         async with self._db.read() as conn:
             row = await self._row(conn, ref)
+        change = Change("delete", "rule", row.id, row.name)
 
         async def op(conn: AsyncConnection) -> None:
             await conn.execute(delete(rules).where(rules.c.id == row.id))
+            await record_change(conn, actor, change)
             # its storm windows go too; a digest already queued is still sent
             await conn.execute(delete(event_groups).where(event_groups.c.route == row.id))
 

@@ -26,6 +26,7 @@ from msgpush.events.templates import (
     to_ms,
 )
 from msgpush.ids import iso, new_id, now_ms
+from msgpush.storage.audit import SYSTEM, Actor, Change, changed_fields, record_change
 from msgpush.storage.db import Database
 from msgpush.storage.queue import NewMessage, Queue, Target
 from msgpush.storage.schema import event_groups, event_templates, events
@@ -81,32 +82,50 @@ class TemplateStore:
         self._cache = (time.monotonic(), found)
         return found
 
-    async def put(self, event_type: str, template: TemplateOverride) -> None:
+    async def put(
+        self, event_type: str, template: TemplateOverride, *, actor: Actor = SYSTEM
+    ) -> None:
         body = template.model_dump_json(exclude_none=True)
         now = now_ms()
 
         async def op(conn: AsyncConnection) -> None:
-            changed = await conn.execute(
-                update(event_templates)
-                .where(event_templates.c.event_type == event_type)
-                .values(body=body, updated_at=now)
-            )
-            if not changed.rowcount:
+            before = (
+                await conn.execute(
+                    select(event_templates.c.body).where(event_templates.c.event_type == event_type)
+                )
+            ).scalar_one_or_none()
+            if before is not None:
+                await conn.execute(
+                    update(event_templates)
+                    .where(event_templates.c.event_type == event_type)
+                    .values(body=body, updated_at=now)
+                )
+            else:
                 await conn.execute(
                     event_templates.insert().values(
                         event_type=event_type, body=body, updated_at=now
                     )
                 )
+            fields = changed_fields(orjson.loads(before or "{}"), orjson.loads(body))
+            action = "create" if before is None else "update"
+            await record_change(
+                conn, actor, Change(action, "template", event_type, event_type, fields)
+            )
 
         await self._db.write(op)
         self._cache = None
 
-    async def delete(self, event_type: str) -> bool:
+    async def delete(self, event_type: str, *, actor: Actor = SYSTEM) -> bool:
         async def op(conn: AsyncConnection) -> int:
             result = await conn.execute(
                 event_templates.delete().where(event_templates.c.event_type == event_type)
             )
-            return int(result.rowcount or 0)
+            deleted = int(result.rowcount or 0)
+            if deleted:
+                await record_change(
+                    conn, actor, Change("delete", "template", event_type, event_type)
+                )
+            return deleted
 
         deleted: int = await self._db.write(op)
         self._cache = None

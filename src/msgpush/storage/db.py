@@ -32,6 +32,7 @@ from sqlalchemy import Engine, Table, bindparam, create_engine, event, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from msgpush.datadir import create_private, open_private, private_dir, tighten
 from msgpush.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -56,8 +57,13 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 def make_engine(settings: Settings) -> AsyncEngine:
     url = settings.resolved_database_url()
     if url.startswith("sqlite"):
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(settings.data_dir)
         engine = create_async_engine(url, pool_size=4, max_overflow=4)
+        database = engine.url.database
+        if database and database != ":memory:":
+            # created here, 0600, rather than by SQLite with the umask's mode: SQLite gives
+            # the -wal and -shm files the mode of the database file
+            create_private(private_dir(Path(database).parent) / Path(database).name)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
     return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
@@ -154,7 +160,7 @@ class ProcessWriteLock:
     where SQLite's own busy handler would poll with growing sleeps."""
 
     def __init__(self, path: Path) -> None:
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        self._fd = open_private(path)
 
     async def acquire(self) -> None:
         """Take the lock; while another process holds it, wait in a thread so that this
@@ -403,7 +409,9 @@ class Database:
         self._write_lock: ProcessWriteLock | None = None
         database = self.engine.url.database
         self._reader: Engine | None = None
-        if self.dialect == "sqlite" and database and database != ":memory:":
+        on_file = self.dialect == "sqlite" and bool(database) and database != ":memory:"
+        tighten(settings.data_dir, Path(database) if on_file and database else None)
+        if on_file and database:
             blocking = make_sqlite_blocking_engine(self.engine, writer=True)
             self._reader = make_sqlite_blocking_engine(self.engine, writer=False)
             self._write_lock = ProcessWriteLock(Path(f"{database}-writelock"))

@@ -181,3 +181,22 @@ event_groups = Table(
     Column("updated_at", BigInteger, nullable=False),
     Index("ix_event_groups_route", "route"),
 )
+
+# Who changed which channel, rule, template or token, when, and which fields (names only).
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", String(40), primary_key=True),  # time-sortable: pages go newest first by id
+    Column("at", BigInteger, nullable=False),
+    Column("token_id", String(40), nullable=True),  # None: msgpush itself (first start, CLI)
+    Column("token_name", String(128), nullable=True),
+    Column("address", String(64), nullable=True),
+    Column("action", String(16), nullable=False),  # create | update | delete | enable | ...
+    Column("kind", String(16), nullable=False),  # channel | rule | template | token
+    Column("object_id", String(128), nullable=False),  # a template's is its event type
+    Column("object_name", String(128), nullable=True),
+    Column("fields", Text, nullable=False),  # JSON list of changed field names, never values
+    Index("ix_audit_log_object", "object_id"),
+    Index("ix_audit_log_token", "token_id"),
+    Index("ix_audit_log_at", "at"),
+)
