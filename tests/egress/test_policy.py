@@ -6,11 +6,9 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import re
-import socket
 from typing import Any
 
 import pytest
-from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
 from msgpush.delivery.http import ProxyChoice
@@ -22,6 +20,7 @@ from msgpush.egress import (
     parse_targets,
 )
 from msgpush.settings import Settings
+from tests.egress.fakes import ScriptedResolver
 
 DEFAULT = EgressPolicy()
 
@@ -133,29 +132,8 @@ def test_bad_entries_are_refused_naming_the_setting() -> None:
     )
 
 
-class FixedResolver(AbstractResolver):
-    """Answers each lookup with the next ``per_lookup`` addresses of a script (a DNS-rebinding
-    server when one per lookup)."""
-
-    def __init__(self, *answers: str, per_lookup: int = 1) -> None:
-        self.answers = list(answers)
-        self.per_lookup = per_lookup
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        addresses = [self.answers.pop(0) for _ in range(self.per_lookup)]
-        return [
-            ResolveResult(hostname=host, host=address, port=port, family=family, proto=0, flags=0)
-            for address in addresses
-        ]
-
-    async def close(self) -> None:
-        pass
-
-
 def test_resolver_refuses_a_name_that_rebinds_to_loopback() -> None:
-    inner = FixedResolver("93.184.216.34", "127.0.0.1")
+    inner = ScriptedResolver("93.184.216.34", "127.0.0.1")
     resolver = EgressResolver(DEFAULT, inner=inner)
 
     async def run() -> Any:
@@ -170,14 +148,14 @@ def test_resolver_refuses_a_name_that_rebinds_to_loopback() -> None:
 
 
 def test_resolver_refuses_a_name_when_any_of_its_addresses_is_refused() -> None:
-    inner = FixedResolver("10.0.0.1", "169.254.169.254", per_lookup=2)
+    inner = ScriptedResolver("10.0.0.1", "169.254.169.254", per_lookup=2)
     resolver = EgressResolver(DEFAULT, inner=inner)
     with pytest.raises(EgressRefused, match="link-local"):
         asyncio.run(resolver.resolve("mixed.example", 80))
 
 
 def test_resolver_lets_the_configured_proxy_through() -> None:
-    resolver = EgressResolver(DEFAULT, [("proxy.corp", 3128)], inner=FixedResolver("127.0.0.1"))
+    resolver = EgressResolver(DEFAULT, [("proxy.corp", 3128)], inner=ScriptedResolver("127.0.0.1"))
     assert asyncio.run(resolver.resolve("proxy.corp", 3128))[0]["host"] == "127.0.0.1"
 
 
