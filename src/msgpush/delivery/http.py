@@ -180,9 +180,7 @@ class HttpClient:
             self._targets[url] = target
         return target
 
-    def _ssl_for(self, ca_pem: str | None) -> ssl.SSLContext:
-        if not ca_pem:
-            return self._ssl
+    def _ssl_for(self, ca_pem: str) -> ssl.SSLContext:
         context = self._ssl_by_pem.get(ca_pem)
         if context is None:
             context = self._ssl_by_pem[ca_pem] = tls_context(self._ca_file, ca_pem)
@@ -207,7 +205,7 @@ class HttpClient:
                 timeout=_timeout(request.timeout_s),
                 allow_redirects=False,
                 proxy=target.proxy,
-                ssl=self._ssl_for(request.ca_pem),
+                ssl=self._ssl_for(request.ca_pem) if request.ca_pem else True,
             ) as response:
                 body = await response.content.read(MAX_RESPONSE_BYTES)
                 headers = {name.lower(): value for name, value in response.headers.items()}
