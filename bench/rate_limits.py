@@ -39,7 +39,9 @@ def main() -> int:
     token = "mpk_bench_" + secrets.token_hex(8)
     with tempfile.TemporaryDirectory() as data_dir:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MSGPUSH_")}
-        env.update(MSGPUSH_DATA_DIR=data_dir, MSGPUSH_ADMIN_TOKEN=token)
+        env.update(
+            MSGPUSH_DATA_DIR=data_dir, MSGPUSH_ADMIN_TOKEN=token, MSGPUSH_EGRESS_ALLOW="127.0.0.1"
+        )
         server = subprocess.Popen(
             [sys.executable, "-m", "msgpush", "serve", "--port", str(port)],
             env=env,

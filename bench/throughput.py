@@ -722,6 +722,7 @@ class Bench:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MSGPUSH_")}
         env["MSGPUSH_DATA_DIR"] = str(self.workdir / "data")
         env["MSGPUSH_ADMIN_TOKEN"] = token
+        env["MSGPUSH_EGRESS_ALLOW"] = HOST  # the receiver is local; the policy refuses loopback
         if args.src:
             env["PYTHONPATH"] = os.pathsep.join(
                 p for p in (str(args.src), os.environ.get("PYTHONPATH", "")) if p

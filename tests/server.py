@@ -22,6 +22,10 @@ T = TypeVar("T")
 
 PG_ADMIN_URL = os.environ.get("MSGPUSH_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
+# Every test talks to fakes on loopback, which the egress policy refuses by default; a test of
+# the policy itself overrides this through extra_env.
+LOCAL_EGRESS = {"MSGPUSH_EGRESS_ALLOW": "127.0.0.0/8"}
+
 FAST_ENGINE = {
     "MSGPUSH_RETRY_BASE_S": "0.2",
     "MSGPUSH_RETRY_MAX_DELAY_S": "2",
@@ -109,6 +113,7 @@ class ServerProcess:
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MSGPUSH_")}
         env.update(FAST_ENGINE)
+        env.update(LOCAL_EGRESS)
         env["MSGPUSH_DATA_DIR"] = str(self.data_dir)
         env["MSGPUSH_ADMIN_TOKEN"] = self.admin_token
         if self.database_url:

@@ -86,7 +86,10 @@ async def test_resolve_survives_a_cache_that_expires_while_the_connection_is_ret
     try:
         from cryptography.fernet import Fernet
 
-        service = ChannelService(db, SecretBox(Fernet.generate_key()))
+        from msgpush.egress import EgressPolicy
+
+        local = EgressPolicy.from_settings("127.0.0.0/8", "")  # the test's target is loopback
+        service = ChannelService(db, SecretBox(Fernet.generate_key()), local)
         await service.create(
             {"name": "ops", "type": "webhook", "config": {"url": "http://127.0.0.1:9/"}}
         )

@@ -16,9 +16,11 @@ from pydantic import ValidationError
 from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
+from yarl import URL
 
 from msgpush.channels import registry
 from msgpush.channels.base import ChannelSettings, ChannelType, RateLimit
+from msgpush.egress import EgressPolicy, EgressRefused
 from msgpush.errors import ApiError, not_found, validation_error
 from msgpush.ids import iso, new_id, now_ms
 from msgpush.secretbox import SecretBox, is_masked, mask
@@ -106,10 +108,28 @@ def validate_rate_limit(channel_type: ChannelType, value: Any) -> RateLimit | No
     return limit
 
 
+async def check_egress(
+    policy: EgressPolicy, channel_type: ChannelType, settings: ChannelSettings
+) -> None:
+    """422 naming the setting when a target the settings name is refused by the egress policy
+    (an address in any spelling, or a name as it resolves now; the host alone is shown, since
+    a URL may carry a key)."""
+    for name, url in channel_type.target_urls(settings).items():
+        try:
+            await policy.check(URL(url))
+        except EgressRefused as refused:
+            raise ApiError(
+                422, "egress_refused", f"config.{name}: {refused}", f"config.{name}"
+            ) from None
+        except ValueError:
+            continue  # not a URL: the type's own validation speaks for it
+
+
 class ChannelService:
-    def __init__(self, db: Database, box: SecretBox) -> None:
+    def __init__(self, db: Database, box: SecretBox, egress: EgressPolicy | None = None) -> None:
         self._db = db
         self._box = box
+        self._egress = egress or EgressPolicy()
         self._loaded: dict[str, tuple[float, LoadedChannel | None]] = {}
         self._refs: dict[str, tuple[float, Any]] = {}
 
@@ -213,6 +233,7 @@ class ChannelService:
         channel_type = channel_type_or_error(body.get("type"))
         settings = validate_settings(channel_type, body.get("config", {}))
         limit = validate_rate_limit(channel_type, body.get("rate_limit"))
+        await check_egress(self._egress, channel_type, settings)
         public, secret = channel_type.split(settings)
         now = now_ms()
         row = {
@@ -278,6 +299,7 @@ class ChannelService:
             if not isinstance(incoming, dict):
                 raise ApiError(422, "invalid", "config must be an object", "config")
             settings = self._merged_settings(channel_type, row, incoming)
+            await check_egress(self._egress, channel_type, settings)
             public, secret = channel_type.split(settings)
             values["config"] = orjson.dumps(public).decode()
             values["secrets"] = self._box.seal(secret)

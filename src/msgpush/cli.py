@@ -106,6 +106,9 @@ def serve(
     settings = _settings(data_dir)
     if delivery_processes is not None:
         settings.delivery_processes = delivery_processes
+    # The egress policy never lets msgpush send to its own API; worker processes inherit this.
+    settings.api_listen = ",".join(filter(None, (settings.api_listen, f"{host}:{port}")))
+    os.environ["MSGPUSH_API_LISTEN"] = settings.api_listen
     if settings.delivery_processes and not no_worker:
         _metrics_in_files(settings.data_dir / "metrics")
 

@@ -12,6 +12,7 @@ from msgpush.delivery.http import HttpClient
 from msgpush.delivery.limits import RateLimiter
 from msgpush.delivery.processes import WorkerProcesses
 from msgpush.delivery.tokens import TokenCache
+from msgpush.egress import EgressPolicy
 from msgpush.secretbox import SecretBox, load_or_create_key
 from msgpush.settings import Settings
 from msgpush.storage.audit import AuditLog
@@ -47,13 +48,20 @@ class Runtime:
         self.settings = settings
         self.db = Database(settings)
         self.box = SecretBox(load_or_create_key(settings.data_dir, settings.secret_key))
-        self.channels = ChannelService(self.db, self.box)
+        self.http = HttpClient(
+            policy=EgressPolicy.from_settings(
+                settings.egress_allow, settings.egress_deny, settings.api_listen
+            ),
+            proxy=settings.proxy,
+            no_proxy=settings.no_proxy,
+            ca_file=settings.ca_file,
+        )
+        self.channels = ChannelService(self.db, self.box, self.http.policy)
         self.queue = Queue(self.db, int(settings.idempotency_ttl_s * 1000))
         self.tokens = TokenStore(self.db)
         self.history = History(self.db)
         self.audit = AuditLog(self.db)
         self.limiter = RateLimiter(self.db, settings.rate_window_scale)
-        self.http = HttpClient()
         self.vendor_tokens = TokenCache(self.db, self.box)
         self.engine = (
             Engine(settings, self.queue, self.channels, self.limiter, self.http, self.vendor_tokens)

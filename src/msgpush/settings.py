@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -98,6 +99,60 @@ class Settings(BaseSettings):
     def retention_s(self) -> float | None:
         """The retention in seconds, or None when it is off."""
         return parse_duration_s(self.retention)
+
+    # Outbound (egress policy: msgpush/egress.py)
+    egress_allow: str = Field(
+        default="",
+        description=(
+            "CIDRs and host names msgpush may send to although the default policy refuses them "
+            "(loopback, link-local, …), e.g. 127.0.0.1 for a local receiver"
+        ),
+    )
+    egress_deny: str = Field(
+        default="", description="CIDRs and host names msgpush never sends to (wins over ALLOW)"
+    )
+    api_listen: str = Field(
+        default="",
+        description=(
+            "host:port list of msgpush's own API, never a target; serve adds its own (and its "
+            "worker processes inherit it); set it for a standalone `msgpush worker`"
+        ),
+    )
+    proxy: str | None = Field(
+        default=None, description="http(s)://[user:password@]host:port proxy for all outbound"
+    )
+    no_proxy: str = Field(
+        default="", description="host names (and subdomains), addresses, CIDRs sent to directly"
+    )
+    ca_file: Path | None = Field(
+        default=None, description="PEM bundle of CA certificates trusted besides the system's"
+    )
+
+    @field_validator("egress_allow", "egress_deny", "no_proxy")
+    @classmethod
+    def _target_list(cls, value: str, info: ValidationInfo) -> str:
+        from msgpush.egress import parse_targets
+
+        if value.strip() != "*" or info.field_name != "no_proxy":
+            parse_targets(value, f"MSGPUSH_{str(info.field_name).upper()}")
+        return value
+
+    @field_validator("proxy")
+    @classmethod
+    def _proxy(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("MSGPUSH_PROXY must be an http(s)://host:port URL")
+        return value
+
+    @field_validator("ca_file")
+    @classmethod
+    def _ca_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"MSGPUSH_CA_FILE: no file {str(value)!r}")
+        return value
 
     def sqlite_path(self) -> Path:
         return self.data_dir / "msgpush.db"

@@ -60,6 +60,7 @@ class VendorRequest:
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b""
     timeout_s: float = 10.0
+    ca_pem: str | None = None  # certificates trusted for this request besides the system's
 
     @classmethod
     def json(
@@ -233,6 +234,9 @@ class RateLimit(BaseModel):
         return RateLimit(**merged)
 
 
+TARGET_URL_FIELDS = ("url", "webhook_url", "api_base", "oapi_base")
+
+
 class ChannelSettings(BaseModel):
     """Base of every type's settings: unknown keys are errors that name the key."""
 
@@ -310,6 +314,18 @@ class ChannelType(ABC):
                 values.append(str(value))
                 values.extend(_url_credentials(str(value)))
         return [v for v in values if len(v) >= 4]
+
+    @classmethod
+    def target_urls(cls, settings: ChannelSettings) -> dict[str, str]:
+        """The settings that say where requests go ({field: URL}), for the egress check at save."""
+        urls: dict[str, str] = {}
+        for name in TARGET_URL_FIELDS:
+            value = getattr(settings, name, None)
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            if value and "://" in str(value):
+                urls[name] = str(value)
+        return urls
 
     def check(self, settings: ChannelSettings) -> None:  # noqa: B027 - optional hook
         """Extra validation beyond the schema; raise ValueError naming the setting."""

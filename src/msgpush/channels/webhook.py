@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import time
 from typing import Annotated, Any, Literal
 
@@ -116,6 +117,42 @@ class WebhookSettings(ChannelSettings):
         max_length=50,
     )
 
+    ca_pem: str | None = Field(
+        default=None,
+        max_length=200_000,
+        title="CA certificates (PEM)",
+        description=(
+            "PEM certificates of the CA that signed your endpoint's certificate (an internal CA), "
+            "trusted for this channel besides the system's. Certificates are always checked."
+        ),
+        json_schema_extra={
+            "format": "textarea",
+            "x-title-zh": "CA 证书（PEM）",
+            "x-description-zh": (
+                "为你方接口证书签名的 CA 证书（如内部 CA），PEM 格式；本渠道在系统信任之外额外信任它。"
+                "证书校验始终开启。"
+            ),
+        },
+    )
+
+    @field_validator("ca_pem")
+    @classmethod
+    def _ca_pem(cls, value: str | None) -> str | None:
+        if not value or not value.strip():
+            return None
+        if "PRIVATE KEY" in value:
+            raise ValueError(
+                "ca_pem holds a private key: paste only the CA's certificate "
+                "(-----BEGIN CERTIFICATE-----), and keep the key secret"
+            )
+        if "-----BEGIN CERTIFICATE-----" not in value:
+            raise ValueError("ca_pem must be PEM certificates (-----BEGIN CERTIFICATE----- …)")
+        try:
+            ssl.create_default_context().load_verify_locations(cadata=value)
+        except (ssl.SSLError, ValueError) as exc:
+            raise ValueError(f"ca_pem is not a valid PEM certificate ({exc})") from None
+        return value
+
     @field_validator("headers")
     @classmethod
     def _headers(cls, value: dict[str, str]) -> dict[str, str]:
@@ -222,7 +259,12 @@ class WebhookChannel(ChannelType):
                 key, ctx.delivery_id, timestamp, body
             )
         return VendorRequest(
-            settings.method, str(settings.url), headers, body, timeout_s=settings.timeout_s
+            settings.method,
+            str(settings.url),
+            headers,
+            body,
+            timeout_s=settings.timeout_s,
+            ca_pem=settings.ca_pem,
         )
 
     def classify(self, response: VendorResponse) -> Outcome:  # pragma: no cover - see send
