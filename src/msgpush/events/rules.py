@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from msgpush.channel_service import ChannelService
 from msgpush.errors import ApiError, not_found, validation_error
 from msgpush.events.models import Rule, TemplateOverride, at_least, label_regex
-from msgpush.events.templates import EventRecord, check_names
+from msgpush.events.templates import EventRecord, check_limits, check_names
 from msgpush.ids import iso, new_id, now_ms
 from msgpush.message import Recipients
 from msgpush.storage.db import Database
@@ -222,6 +222,7 @@ class RuleStore:
             raise validation_error(exc.errors()) from None
         if rule.template is not None:
             check_names(rule.template, "template")
+            await check_limits(rule.template, rule.event_types[0], "template")
         targets = await self._channels.resolve(rule.channels)
         return rule.model_copy(update={"channels": [t.channel_id for t in targets]})
 
