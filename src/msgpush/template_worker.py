@@ -54,9 +54,9 @@ from msgpush.templating import (
 POOL_SIZE = 2
 MEMORY_HEADROOM_BYTES = 256 * 1024 * 1024
 START_TIMEOUT_S = 30.0
-# a template that overran its time at ingest or send is skipped (built-in or failure at once)
-# for this long, so that a burst of events does not cost the budget once per event
-OVERRUN_MEMORY_S = 300.0
+# a rule template or override that overran its time at ingest is skipped (the built-in part is
+# used at once) for this long, so that a burst of events does not cost the budget per event
+OVERRUN_MEMORY_S = 60.0
 _FRAME = struct.Struct(">I")
 _PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)  # what the worker imports from
 
@@ -73,7 +73,8 @@ class Budget:
 PREVIEW = Budget(1.0, MESSAGE_OUTPUT_CHARS)  # previews and the checks when a template is saved
 INGEST = Budget(2.0, MESSAGE_OUTPUT_CHARS, remember_overruns=True)  # rule templates, overrides
 WEBHOOK_CHECK = Budget(1.0, BODY_OUTPUT_CHARS)
-WEBHOOK_SEND = Budget(2.0, BODY_OUTPUT_CHARS, remember_overruns=True)
+# not remembered: skipping would fail every message of the channel, not fall back
+WEBHOOK_SEND = Budget(2.0, BODY_OUTPUT_CHARS)
 
 Result = str | TemplateError
 

@@ -229,6 +229,13 @@ def compile_template(source: str) -> Any:
         raise TemplateError(f"template syntax error on line {exc.lineno}: {exc.message}") from exc
 
 
+def parse_template(source: str) -> Any:
+    """The template's syntax tree, for analysis (its names). Parsed by the bounded sandbox, so
+    that the analysis never folds ``10**(10**7)`` at compile time as a plain Environment would;
+    a syntax error is raised as Jinja2's TemplateSyntaxError."""
+    return _env.parse(source)
+
+
 def render_limited(source: str, context: dict[str, Any], max_chars: int) -> str:
     """Render in this process, streaming, and stop past ``max_chars`` of output. No time limit:
     the server renders user-written templates through :mod:`msgpush.template_worker`."""

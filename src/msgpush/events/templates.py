@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from jinja2 import Environment, TemplateSyntaxError, meta
+from jinja2 import TemplateSyntaxError, meta
 from pydantic import HttpUrl, TypeAdapter, ValidationError
 
 from msgpush import template_worker
@@ -31,6 +31,7 @@ from msgpush.templating import (
     MESSAGE_OUTPUT_CHARS,
     TemplateError,
     TemplateLimitError,
+    parse_template,
     render_limited,
 )
 
@@ -735,7 +736,7 @@ def render_text(source: str, context: dict[str, Any]) -> str:
 def undeclared_names(source: str) -> list[str]:
     """Top-level names a template uses that no template is given (a misspelt ``evnt``)."""
     try:
-        names = meta.find_undeclared_variables(Environment().parse(source))
+        names = meta.find_undeclared_variables(parse_template(source))
     except TemplateSyntaxError:  # reported by the compile check with its line
         return []
     return sorted(names - CONTEXT_NAMES)
