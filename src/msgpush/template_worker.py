@@ -19,7 +19,7 @@ The server pickles the request (its own data); the worker answers in JSON, so a 
 escaped the sandbox still could not hand the server a pickle to run.
 
 A worker's start-up (~0.3 s: Python and Jinja2) is not counted in the budget. A render costs
-one round trip on top of the template itself: about 0.1 ms for a small event (measured in
+one round trip on top of the template itself: about 0.2 ms for a small event (measured in
 ``tests/test_template_bounds.py``). Built-in templates are msgpush's own, loop over nothing
 larger than an event's 50 labels and render in the server's process; only a custom template
 makes the trip.
