@@ -78,13 +78,27 @@ def validate_settings(
     try:
         channel_type.check(settings)
     except ValueError as exc:
-        text = str(exc)
-        name = text.split(":", 1)[0] if ":" in text else None
-        field = (
-            f"{field_prefix}.{name}" if name in channel_type.settings_model.model_fields else None
-        )
-        raise ApiError(422, "invalid", text, field or field_prefix) from None
+        raise _settings_error(channel_type, exc, field_prefix) from None
     return settings
+
+
+async def verify_settings(
+    channel_type: ChannelType, settings: ChannelSettings, field_prefix: str = "config"
+) -> ChannelSettings:
+    """The type's checks that run outside the event loop (a body template's sample render)."""
+    try:
+        await channel_type.verify(settings)
+    except ValueError as exc:
+        raise _settings_error(channel_type, exc, field_prefix) from None
+    return settings
+
+
+def _settings_error(channel_type: ChannelType, exc: ValueError, field_prefix: str) -> ApiError:
+    """422 naming the setting a check's message starts with (``body_template: …``)."""
+    text = str(exc)
+    name = text.split(":", 1)[0] if ":" in text else None
+    field = f"{field_prefix}.{name}" if name in channel_type.settings_model.model_fields else None
+    return ApiError(422, "invalid", text, field or field_prefix)
 
 
 def validate_rate_limit(channel_type: ChannelType, value: Any) -> RateLimit | None:
@@ -232,6 +246,7 @@ class ChannelService:
         name = _name(body.get("name"))
         channel_type = channel_type_or_error(body.get("type"))
         settings = validate_settings(channel_type, body.get("config", {}))
+        await verify_settings(channel_type, settings)
         limit = validate_rate_limit(channel_type, body.get("rate_limit"))
         await check_egress(self._egress, channel_type, settings)
         public, secret = channel_type.split(settings)
@@ -300,6 +315,7 @@ class ChannelService:
                 raise ApiError(422, "invalid", "config must be an object", "config")
             settings = self._merged_settings(channel_type, row, incoming)
             await check_egress(self._egress, channel_type, settings)
+            await verify_settings(channel_type, settings)
             public, secret = channel_type.split(settings)
             values["config"] = orjson.dumps(public).decode()
             values["secrets"] = self._box.seal(secret)
@@ -355,7 +371,9 @@ class ChannelService:
             row = await self._row(conn, ref)
         channel_type = channel_type_or_error(row.type)
         loaded = self.build(row)
-        settings = self._merged_settings(channel_type, row, config)
+        settings = await verify_settings(
+            channel_type, self._merged_settings(channel_type, row, config)
+        )
         loaded.settings = settings
         loaded.secrets = channel_type.secret_values(settings)
         return loaded

@@ -3,6 +3,7 @@ message per channel however many ways reach it."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -87,6 +88,35 @@ def test_a_bad_regex_is_refused_when_saved() -> None:
     with pytest.raises(ValidationError) as info:
         Rule.model_validate({"name": "r", "channels": ["a"], "labels": {"env": "=~(unclosed"}})
     assert info.value.errors()[0]["loc"] == ("labels", "env")
+
+
+@pytest.mark.parametrize(
+    ("pattern", "says"),
+    [(r"(a)\1", "backreferences"), ("(?=prod)prod", "lookaround"), ("(?<!x)y", "RE2")],
+)
+def test_a_pattern_re2_cannot_run_is_refused_with_a_hint(pattern: str, says: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        Rule.model_validate({"name": "r", "channels": ["a"], "labels": {"env": f"=~{pattern}"}})
+    [error] = info.value.errors()
+    assert error["loc"] == ("labels", "env") and says in error["msg"]
+
+
+def test_a_catastrophic_pattern_matches_in_linear_time() -> None:
+    """``(a+)+$`` backtracks exponentially in Python's re (30 a's and a b: minutes); RE2 does
+    not backtrack at all."""
+    started = time.perf_counter()
+    for spec, value, expected in [
+        ("=~(a+)+$", "a" * 30_000, True),
+        ("=~(a+)+$", "a" * 30_000 + "b", False),
+        ("!~(a|aa)+c", "a" * 30_000, True),
+    ]:
+        assert LabelMatch.parse("env", spec)({"env": value}) is expected
+    assert time.perf_counter() - started < 0.5
+
+
+def test_a_pattern_is_compiled_once_for_every_rule_that_uses_it() -> None:
+    first, second = rule(labels={"env": "=~prod|staging"}), rule(labels={"env": "!~prod|staging"})
+    assert first.matchers[0].pattern is second.matchers[0].pattern
 
 
 def targets(*names: str) -> dict[str, Target]:

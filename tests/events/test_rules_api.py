@@ -63,6 +63,8 @@ def test_create_read_change_and_delete_a_rule(api: httpx.Client, hook: Hook, uni
         ({"event_types": ["alert firing"]}, "event_types.0", "pattern"),
         ({"min_level": "loud"}, "min_level", ""),
         ({"labels": {"env": "=~(open"}}, "labels.env", "regular expression"),
+        ({"labels": {"env": "=~(prod)-\\1"}}, "labels.env", "RE2 syntax"),
+        ({"labels": {"env": "!~(?!prod).*"}}, "labels.env", "lookaround"),
         ({"group_window_s": 100_000}, "group_window_s", ""),
         ({"template": {"content": "line 1\n{{ f.task "}}, "template.content", "line 2"),
         ({"template": {"title": "{% for x in y %}"}}, "template.title", "line 1"),

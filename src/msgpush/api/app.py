@@ -18,7 +18,7 @@ from sqlalchemy import func, select, text
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from msgpush import __version__, metrics
+from msgpush import __version__, metrics, template_worker
 from msgpush.api import (
     audit,
     channels,
@@ -133,6 +133,7 @@ def create_app(settings: Settings | None = None, *, worker: bool = True) -> Fast
             yield
         finally:
             await rt.stop()
+            await template_worker.close()
 
     app = FastAPI(
         title="msgpush",

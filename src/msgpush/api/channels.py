@@ -12,6 +12,7 @@ from msgpush.channel_service import (
     LoadedChannel,
     channel_type_or_error,
     validate_settings,
+    verify_settings,
 )
 from msgpush.channels import registry
 from msgpush.delivery.engine import test_push
@@ -109,7 +110,9 @@ async def test_unsaved(request: Request) -> JSON:
     if not isinstance(name, str):
         raise ApiError(422, "invalid", "name must be a string", "name")
     channel_type = channel_type_or_error(body.get("type"))
-    settings = validate_settings(channel_type, body.get("config", {}))
+    settings = await verify_settings(
+        channel_type, validate_settings(channel_type, body.get("config", {}))
+    )
     rt = runtime(request)
     channel = LoadedChannel(
         id="unsaved",

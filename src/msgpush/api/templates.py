@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from pydantic import TypeAdapter, ValidationError
 
+from msgpush import template_worker
 from msgpush.api.common import JSON, actor, admin, read_json
 from msgpush.api.events import body_of, events_service
 from msgpush.errors import ApiError, validation_error
@@ -20,10 +21,11 @@ from msgpush.events.templates import (
     RenderError,
     best_override,
     builtin_for,
+    check_limits,
     check_names,
     default_level,
     describe_builtins,
-    render,
+    render_bounded,
     sample_event,
 )
 from msgpush.ids import now_ms
@@ -144,8 +146,13 @@ async def preview(request: Request) -> JSON:
     if asked.use_override:
         stored = best_override(record.type, await events_service(request).templates.overrides())
     try:
-        rendered = render(
-            record, asked.template, stored, strict=True, where=("template", "stored override")
+        rendered = await render_bounded(
+            record,
+            asked.template,
+            stored,
+            budget=template_worker.PREVIEW,
+            strict=True,
+            where=("template", "stored override"),
         )
     except RenderError as exc:
         raise ApiError(422, "invalid", str(exc), exc.part) from None
@@ -167,6 +174,7 @@ async def get_template(request: Request, event_type: str) -> JSON:
 async def put_template(request: Request, event_type: str) -> JSON:
     event_type = _event_type(event_type)
     template = _template(await read_json(request))
+    await check_limits(template, event_type, "")
     service = events_service(request)
     await service.templates.put(event_type, template, actor=actor(request))
     return JSON(await _view(service, event_type))

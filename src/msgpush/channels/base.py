@@ -330,6 +330,10 @@ class ChannelType(ABC):
     def check(self, settings: ChannelSettings) -> None:  # noqa: B027 - optional hook
         """Extra validation beyond the schema; raise ValueError naming the setting."""
 
+    async def verify(self, settings: ChannelSettings) -> None:  # noqa: B027 - optional hook
+        """Validation that takes work done outside the event loop (a body template's sample
+        render); raise ValueError naming the setting, like :meth:`check`."""
+
     @abstractmethod
     def render(self, message: Message, settings: Any, ctx: SendContext) -> VendorRequest:
         """The vendor request for one message (single-request types)."""

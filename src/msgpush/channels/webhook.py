@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 import orjson
 from pydantic import Field, HttpUrl, SecretStr, field_validator
 
+from msgpush import template_worker
 from msgpush.channels.base import (
     ChannelSettings,
     ChannelType,
@@ -22,7 +23,7 @@ from msgpush.channels.base import (
 from msgpush.channels.signing import standard_webhooks_key, standard_webhooks_signature
 from msgpush.ids import iso, now_ms
 from msgpush.message import Message
-from msgpush.templating import TemplateError, compile_template, render_template
+from msgpush.templating import BODY_OUTPUT_CHARS, TemplateError, compile_template, render_limited
 
 # Standard Webhooks: a secret is 24-64 random bytes (spec/standard-webhooks.md, "Signature scheme").
 SIGNING_KEY_MIN_BYTES = 24
@@ -220,32 +221,18 @@ class WebhookChannel(ChannelType):
     settings_model = WebhookSettings
     formats = ("markdown", "text")
 
-    def check(self, settings: Any) -> None:
+    async def verify(self, settings: Any) -> None:
+        """A body template must render a sample message, within the render limits."""
         if settings.body_template:
             sample = Message(title="Sample", content="Sample content")
             ctx = SendContext(delivery_id="dlv_sample", attempt=1, exchange=_never)
-            try:
-                self._body(sample, settings, ctx)
-            except TemplateError as exc:
-                raise ValueError(f"body_template: {exc}") from exc
+            [result] = await template_worker.render(
+                [settings.body_template], _context(sample, ctx), template_worker.WEBHOOK_CHECK
+            )
+            if isinstance(result, TemplateError):
+                raise ValueError(f"body_template: {result}")
 
-    def _body(self, message: Message, settings: WebhookSettings, ctx: SendContext) -> bytes:
-        data = envelope(message, ctx)
-        if not settings.body_template:
-            return orjson.dumps(data)
-        context = {
-            "message": message.model_dump(mode="json"),
-            "envelope": data,
-            "delivery_id": ctx.delivery_id,
-            "message_id": ctx.message_id,
-            "event": ctx.event,
-        }
-        return render_template(settings.body_template, context).encode()
-
-    def render(
-        self, message: Message, settings: WebhookSettings, ctx: SendContext
-    ) -> VendorRequest:
-        body = self._body(message, settings, ctx)
+    def _request(self, settings: WebhookSettings, ctx: SendContext, body: bytes) -> VendorRequest:
         timestamp = int(time.time())
         headers = {
             **settings.headers,
@@ -267,16 +254,45 @@ class WebhookChannel(ChannelType):
             ca_pem=settings.ca_pem,
         )
 
+    def render(
+        self, message: Message, settings: WebhookSettings, ctx: SendContext
+    ) -> VendorRequest:
+        """The request, a body template rendered in this process (tests and tools; :meth:`send`
+        renders it in the render workers, within a time limit)."""
+        if settings.body_template:
+            source, context = settings.body_template, _context(message, ctx)
+            body = render_limited(source, context, BODY_OUTPUT_CHARS).encode()
+        else:
+            body = orjson.dumps(envelope(message, ctx))
+        return self._request(settings, ctx, body)
+
     def classify(self, response: VendorResponse) -> Outcome:  # pragma: no cover - see send
         return http_status_outcome(response)
 
     async def send(self, message: Message, settings: Any, ctx: SendContext) -> Outcome:
-        try:
-            request = self.render(message, settings, ctx)
-        except TemplateError as exc:
-            return Outcome.failed(f"body_template could not render this message: {exc}")
+        if settings.body_template:
+            [result] = await template_worker.render(
+                [settings.body_template], _context(message, ctx), template_worker.WEBHOOK_SEND
+            )
+            if isinstance(result, TemplateError):
+                return Outcome.failed(f"body_template could not render this message: {result}")
+            body = result.encode()
+        else:
+            body = orjson.dumps(envelope(message, ctx))
         codes = list(settings.success_codes)
+        request = self._request(settings, ctx, body)
         return await ctx.exchange(request, lambda response: http_status_outcome(response, codes))
+
+
+def _context(message: Message, ctx: SendContext) -> dict[str, Any]:
+    """What a body template sees."""
+    return {
+        "message": message.model_dump(mode="json"),
+        "envelope": envelope(message, ctx),
+        "delivery_id": ctx.delivery_id,
+        "message_id": ctx.message_id,
+        "event": ctx.event,
+    }
 
 
 async def _never(request: VendorRequest, classify: Any) -> Outcome:  # pragma: no cover

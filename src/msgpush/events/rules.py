@@ -4,7 +4,6 @@ goes (one message per channel however many rules reach it), and the rules as sto
 from __future__ import annotations
 
 import fnmatch
-import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -17,8 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from msgpush.channel_service import ChannelService
 from msgpush.errors import ApiError, not_found, validation_error
-from msgpush.events.models import Rule, TemplateOverride, at_least
-from msgpush.events.templates import EventRecord, check_names
+from msgpush.events.models import Rule, TemplateOverride, at_least, label_regex
+from msgpush.events.templates import EventRecord, check_limits, check_names
 from msgpush.ids import iso, new_id, now_ms
 from msgpush.message import Recipients
 from msgpush.storage.audit import (
@@ -39,20 +38,20 @@ DIRECT = "event"  # the route of an event's own channels
 
 @dataclass(frozen=True)
 class LabelMatch:
-    """One label condition: ``=`` (equal), ``!=``, ``=~`` and ``!~`` (regex on the whole value).
-    A missing label reads as ""."""
+    """One label condition: ``=`` (equal), ``!=``, ``=~`` and ``!~`` (an RE2 regex on the whole
+    value, as Alertmanager matches). A missing label reads as ""."""
 
     name: str
     operator: str
     value: str
-    pattern: re.Pattern[str] | None
+    pattern: Any  # re2's compiled pattern (untyped)
 
     @classmethod
     def parse(cls, name: str, spec: str) -> LabelMatch:
         for operator in ("=~", "!~", "!="):
             if spec.startswith(operator):
                 value = spec[2:]
-                regex = re.compile(value) if operator in ("=~", "!~") else None
+                regex = label_regex(value) if operator in ("=~", "!~") else None
                 return cls(name, operator, value, regex)
         return cls(name, "=", spec.removeprefix("=="), None)
 
@@ -231,6 +230,7 @@ class RuleStore:
             raise validation_error(exc.errors()) from None
         if rule.template is not None:
             check_names(rule.template, "template")
+            await check_limits(rule.template, rule.event_types[0], "template")
         targets = await self._channels.resolve(rule.channels)
         return rule.model_copy(update={"channels": [t.channel_id for t in targets]})
 

@@ -12,6 +12,7 @@ import orjson
 from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from msgpush import template_worker
 from msgpush.channel_service import ChannelService
 from msgpush.errors import ApiError, not_found
 from msgpush.events import grouping
@@ -22,7 +23,7 @@ from msgpush.events.templates import (
     EventRecord,
     best_override,
     default_level,
-    render,
+    render_bounded,
     to_ms,
 )
 from msgpush.ids import iso, new_id, now_ms
@@ -175,7 +176,7 @@ class EventService:
         intakes = []
         for event, record, targets, rules_hit in zip(batch, records, own, matched, strict=True):
             intakes.append(
-                self._intake(event, record, targets, rules_hit, reachable, gone, overrides)
+                await self._intake(event, record, targets, rules_hit, reachable, gone, overrides)
             )
         stored: list[Accepted] = await self._db.submit(self._store_many, intakes)
         return stored
@@ -235,7 +236,7 @@ class EventService:
             found[channel_id] = target
         return found, ids - set(found)
 
-    def _intake(
+    async def _intake(
         self,
         event: Event,
         record: EventRecord,
@@ -263,10 +264,11 @@ class EventService:
         immediate: list[NewMessage] = []
         parts: list[Part] = []
         for route in routes:
-            rendered = render(
+            rendered = await render_bounded(
                 record,
                 route.template,
                 type_template,
+                budget=template_worker.INGEST,
                 recipients=route.recipients,
                 where=(f"rule {route.name!r}", f"template for {record.type}"),
             )

@@ -11,23 +11,29 @@ on this event's data falls back to the built-in one, with a warning in the answe
 from __future__ import annotations
 
 import fnmatch
-import functools
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from jinja2 import Environment, TemplateSyntaxError, meta
+from jinja2 import TemplateSyntaxError, meta
 from pydantic import HttpUrl, TypeAdapter, ValidationError
 
+from msgpush import template_worker
 from msgpush.errors import ApiError
 from msgpush.events.models import TemplateOverride, category_of
 from msgpush.ids import iso, parse_time
 from msgpush.message import MAX_CONTENT_CHARS, MAX_TITLE_CHARS, Level, Recipients
-from msgpush.templating import TemplateError, compile_template
+from msgpush.templating import (
+    MESSAGE_OUTPUT_CHARS,
+    TemplateError,
+    TemplateLimitError,
+    parse_template,
+    render_limited,
+)
 
 MAX_FIELDS = 50
 MAX_FIELD_CHARS = 1024
@@ -715,24 +721,22 @@ def severity_level(severity: str | None, default: Level = Level.warning) -> Leve
 # -- rendering ------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=1024)
-def _compiled(source: str) -> Any:
-    return compile_template(source)
+# built-ins are msgpush's own: they loop over at most an event's 50 labels, and their output
+# is bounded by the event's data (256 KiB); this limit is only a backstop
+BUILTIN_OUTPUT_CHARS = 4 * 1024 * 1024
+PARTS = ("title", "content")
 
 
 def render_text(source: str, context: dict[str, Any]) -> str:
-    template = _compiled(source)
-    try:
-        return str(template.render(**context))
-    except Exception as exc:  # StrictUndefined, the sandbox's SecurityError, the template's own
-        message = getattr(exc, "message", None) or str(exc)
-        raise TemplateError(f"template error: {message}") from exc
+    """A user-written template rendered in this process, with the sandbox's and the output
+    limits but no time limit: for tests and tools; the server uses :func:`render_bounded`."""
+    return render_limited(source, context, MESSAGE_OUTPUT_CHARS)
 
 
 def undeclared_names(source: str) -> list[str]:
     """Top-level names a template uses that no template is given (a misspelt ``evnt``)."""
     try:
-        names = meta.find_undeclared_variables(Environment().parse(source))
+        names = meta.find_undeclared_variables(parse_template(source))
     except TemplateSyntaxError:  # reported by the compile check with its line
         return []
     return sorted(names - CONTEXT_NAMES)
@@ -818,6 +822,41 @@ class Rendered:
     warnings: list[str]
 
 
+# what a template's parts rendered to, asked for by the part choice below
+PartSources = dict[str, str]
+PartResults = dict[str, str | TemplateError]
+Choice = Generator[PartSources, PartResults, tuple[dict[str, str], list[str]]]
+
+
+def _choose_parts(
+    templates: tuple[TemplateOverride | None, ...], strict: bool, where: tuple[str, ...]
+) -> Choice:
+    """Each part from the first template that has it and renders. Yields the parts of one
+    template at a time to render (in this process or in the render workers) and receives what
+    they rendered to, so that a later template is rendered only for the parts still missing."""
+    chosen: dict[str, str] = {}
+    warnings: list[str] = []
+    for index, template in enumerate(templates):
+        if template is None:
+            continue
+        wanted = {
+            p: getattr(template, p) for p in PARTS if p not in chosen and getattr(template, p)
+        }
+        if not wanted:
+            continue
+        results = yield wanted
+        for part in wanted:
+            result = results[part]
+            if not isinstance(result, TemplateError):
+                chosen[part] = result
+                continue
+            if strict and index == 0:
+                raise RenderError(f"template.{part}", result)
+            name = where[index] if index < len(where) else "template"
+            warnings.append(f"{name}: the {part} template failed ({result}); used the built-in one")
+    return chosen, warnings
+
+
 def render(
     event: EventRecord,
     *templates: TemplateOverride | None,
@@ -830,34 +869,77 @@ def render(
 
     ``strict`` (previews): the first template failing raises RenderError naming the part instead
     of falling back; ``where`` names each template for warnings (``rule 'x'``).
+
+    Renders in this process without a time limit (tests and tools); the server renders with
+    :func:`render_bounded`.
     """
+    builtin, facts, ctx = _prepare(event)
+    choice = _choose_parts(templates, strict, where)
+    try:
+        wanted = next(choice)
+        while True:
+            wanted = choice.send({p: _inline(source, ctx) for p, source in wanted.items()})
+    except StopIteration as done:
+        chosen, warnings = done.value
+    return _layout(event, builtin, facts, ctx, templates, chosen, warnings, recipients)
+
+
+async def render_bounded(
+    event: EventRecord,
+    *templates: TemplateOverride | None,
+    budget: template_worker.Budget,
+    recipients: Recipients | None = None,
+    strict: bool = False,
+    where: tuple[str, ...] = (),
+) -> Rendered:
+    """:func:`render` with the user-written templates rendered in the render workers within
+    ``budget`` (time, output): an overrun is that template failing (a warning and the
+    built-in part, or the RenderError of a preview), never a stalled server. An event with
+    built-in templates only makes no trip."""
+    builtin, facts, ctx = _prepare(event)
+    choice = _choose_parts(templates, strict, where)
+    try:
+        wanted = next(choice)
+        while True:
+            results = await template_worker.render(list(wanted.values()), ctx, budget)
+            wanted = choice.send(dict(zip(wanted, results, strict=True)))
+    except StopIteration as done:
+        chosen, warnings = done.value
+    return _layout(event, builtin, facts, ctx, templates, chosen, warnings, recipients)
+
+
+def _inline(source: str, ctx: dict[str, Any]) -> str | TemplateError:
+    try:
+        return render_text(source, ctx)
+    except TemplateError as exc:
+        return exc
+
+
+def _prepare(event: EventRecord) -> tuple[Builtin, dict[str, Any], dict[str, Any]]:
     builtin = builtin_for(event.type)
     facts = builtin.facts(event)
-    ctx = context(event, facts)
-    warnings: list[str] = []
-    parts: dict[str, str] = {}
-    fmt = "markdown"
-    for part in ("title", "content"):
-        for index, template in enumerate(templates):
-            source = getattr(template, part) if template is not None else None
-            if not source:
-                continue
-            try:
-                parts[part] = render_text(source, ctx)
-                break
-            except TemplateError as exc:
-                if strict and index == 0:
-                    raise RenderError(f"template.{part}", exc) from None
-                name = where[index] if index < len(where) else "template"
-                warnings.append(
-                    f"{name}: the {part} template failed ({exc}); used the built-in one"
-                )
-        else:
-            parts[part] = render_text(getattr(builtin, part), ctx)
-    for template in templates:
-        if template is not None and template.format is not None:
-            fmt = template.format.value
-            break
+    return builtin, facts, context(event, facts)
+
+
+def _layout(
+    event: EventRecord,
+    builtin: Builtin,
+    facts: dict[str, Any],
+    ctx: dict[str, Any],
+    templates: tuple[TemplateOverride | None, ...],
+    chosen: dict[str, str],
+    warnings: list[str],
+    recipients: Recipients | None,
+) -> Rendered:
+    parts = {
+        part: chosen[part]
+        if part in chosen
+        else render_limited(getattr(builtin, part), ctx, BUILTIN_OUTPUT_CHARS)
+        for part in PARTS
+    }
+    fmt = next(
+        (t.format.value for t in templates if t is not None and t.format is not None), "markdown"
+    )
     title = _SPACES.sub(" ", parts["title"]).strip()[:MAX_TITLE_CHARS]
     content = _BLANK_LINES.sub("\n\n", parts["content"]).strip()[:MAX_CONTENT_CHARS]
     if not title and not content:
@@ -876,6 +958,20 @@ def render(
         "labels": labels,
     }
     return Rendered(payload, warnings)
+
+
+async def check_limits(template: TemplateOverride, event_type: str, field: str) -> None:
+    """422 when a template being saved breaks a render limit (time, output, a power or repeat
+    too large) on the sample event of ``event_type``, naming the part. Other errors are left to
+    the event: a template may rightly need data the sample lacks."""
+    sample = sample_event(event_type, now=0)
+    _builtin, _facts, ctx = _prepare(sample)
+    wanted = {p: getattr(template, p) for p in PARTS if getattr(template, p)}
+    results = await template_worker.render(list(wanted.values()), ctx, template_worker.PREVIEW)
+    for part, result in zip(wanted, results, strict=True):
+        if isinstance(result, TemplateLimitError):
+            where = f"{field}.{part}" if field else part
+            raise ApiError(422, "invalid", f"{where}: {result}", where)
 
 
 # -- overrides ------------------------------------------------------------------------------
