@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
-from typing import Any
+from typing import Any, Literal, get_args
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -15,7 +15,8 @@ from msgpush.ids import iso, new_id, now_ms
 from msgpush.storage.db import Database
 from msgpush.storage.schema import api_tokens
 
-ROLES = ("admin", "sender")
+Role = Literal["admin", "sender"]
+ROLES: tuple[str, ...] = get_args(Role)
 TOKEN_PREFIX = "mpk_"
 CACHE_TTL_S = 2.0
 
