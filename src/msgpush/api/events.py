@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from msgpush import metrics
 from msgpush.api.common import JSON, read_json, runtime, sender
 from msgpush.api.deliveries import _time
-from msgpush.api.openapi import json_body
+from msgpush.api.openapi import IDEMPOTENT_ACCEPTED, json_body
 from msgpush.errors import ApiError, validation_error
 from msgpush.events.models import Event
 from msgpush.events.rules import RuleStore
@@ -73,6 +73,7 @@ EVENT_EXAMPLE = {
     dependencies=[Depends(sender)],
     status_code=202,
     summary="Report an event",
+    responses=IDEMPOTENT_ACCEPTED,
     description=(
         "Routed by the rules and the event's own channels, rendered with the event type's "
         "template, and stored with its messages before the 202."

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Request
 
 from msgpush import metrics
 from msgpush.api.common import JSON, parse_model, runtime, sender
-from msgpush.api.openapi import json_body
+from msgpush.api.openapi import IDEMPOTENT_ACCEPTED, json_body
 from msgpush.errors import ApiError
 from msgpush.message import BatchSendRequest, SendRequest
 from msgpush.runtime import Runtime
@@ -24,6 +24,7 @@ ACCEPTED_BATCH = metrics.MESSAGES_ACCEPTED.labels("batch")
     dependencies=[Depends(sender)],
     status_code=202,
     summary="Send a message",
+    responses=IDEMPOTENT_ACCEPTED,
     openapi_extra=json_body(SendRequest),
 )
 async def send_message(request: Request) -> JSON:

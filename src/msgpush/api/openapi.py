@@ -83,6 +83,20 @@ def conflict(description: str) -> dict[int | str, dict[str, Any]]:
     return {409: {"description": description}}
 
 
+IDEMPOTENT_ACCEPTED: dict[int | str, dict[str, Any]] = {
+    202: {
+        "description": "Stored durably; delivery follows",
+        "headers": {
+            "Idempotent-Replayed": {
+                "description": "true when the idempotency key was seen: the first answer again",
+                "required": False,
+                "schema": {"type": "string", "enum": ["true"]},
+            }
+        },
+    }
+}
+
+
 def partial(model: type[BaseModel], name: str) -> type[BaseModel]:
     """``model`` with every field optional (a PATCH body: the fields sent are changed)."""
     fields: dict[str, Any] = {}
