@@ -188,7 +188,9 @@ def parse_model(body: bytes, model: type[M], prefix: str = "") -> M:
     """Parse and validate a raw body with pydantic in one pass (the hot path's parser)."""
     if not body.strip():
         raise ApiError(400, "invalid_json", "the request body is empty; send a JSON object")
-    if NUL_ESCAPE in body:  # one scan of the raw bytes; the field is looked for only if found
+    # a memchr for any escape first (~1 µs per 64 KB; most bodies have none), then a search for
+    # this one (~0.5 ns per byte); only a body holding it is walked to name the field
+    if b"\\" in body and NUL_ESCAPE in body:
         _refuse_nul_strings(body)
     try:
         return model.model_validate_json(body)
