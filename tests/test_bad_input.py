@@ -162,6 +162,12 @@ def test_deeply_nested_json_is_a_4xx(api: httpx.Client, channel: str) -> None:
         ({"title": "  ", "content": "\n\t"}, "content", ["title or content"]),
         ({"channels": ["ok\u0000"]}, "channels.0", ["NUL"]),
         ({"idempotency_key": "k\u0000"}, "idempotency_key", ["NUL"]),
+        ({"title": "a\u0000b"}, "title", ["NUL"]),
+        ({"content": "\u0000"}, "content", ["NUL"]),
+        ({"mentions": {"user_ids": ["u1", "u\u0000"]}}, "mentions.user_ids.1", ["NUL"]),
+        ({"labels": {"env": "pr\u0000d"}}, "labels.env", ["NUL"]),
+        ({"recipients": {"users": ["\u0000"]}}, "recipients.users.0", ["NUL"]),
+        ({"links": [{"title": "t\u0000", "url": "https://x.example"}]}, "links.0.title", ["NUL"]),
     ],
 )
 def test_bad_message_is_422_naming_the_field(
@@ -186,10 +192,18 @@ def test_content_at_the_limit_is_accepted_and_one_over_is_not(
     assert len(deliveries_of(api, channel)) == 1
 
 
-def test_nul_in_the_title_is_stored_escaped_not_a_500(api: httpx.Client, channel: str) -> None:
-    response = api.post("/messages", json=message(channel, title="a\u0000b"))
+def test_nul_in_a_key_is_422_naming_the_key(api: httpx.Client, channel: str) -> None:
+    for where in ("fields", "labels"):
+        response = api.post("/messages", json=message(channel, **{where: {"k\u0000": "v"}}))
+        assert_invalid(response, f"{where}.k\u0000", "names must not contain NUL")
+    assert deliveries_of(api, channel) == []
+
+
+def test_an_escaped_backslash_before_u0000_is_not_nul(api: httpx.Client, channel: str) -> None:
+    """``\\u0000`` in the JSON is a backslash and the text u0000: the NUL check must let it be."""
+    response = api.post("/messages", json=message(channel, title="C:\\u0000 drive"))
     assert response.status_code == 202, response.text
-    assert api.get(f"/messages/{response.json()['id']}").json()["title"] == "a\u0000b"
+    assert api.get(f"/messages/{response.json()['id']}").json()["title"] == "C:\\u0000 drive"
 
 
 # -- channel references -----------------------------------------------------------------------
@@ -258,6 +272,7 @@ def test_disabled_channel_is_422_and_nothing_is_stored(
         ({"links": [{"title": "x", "url": "nope"}]}, "messages.3.links.0.url", ["URL"]),
         ({"channels": ["no-such-channel-anywhere"]}, "messages.3.channels.0", ["no-such-channel"]),
         ({"channels": ["x\u0000"]}, "messages.3.channels.0", ["NUL"]),
+        ({"title": "x\u0000"}, "messages.3.title", ["NUL"]),
     ],
 )
 def test_batch_with_one_bad_message_stores_none_of_it(

@@ -32,8 +32,8 @@ from msgpush.api import (
 )
 from msgpush.api.common import JSON
 from msgpush.api.ingest import IngestRoutes
+from msgpush.api.openapi import openapi_builder
 from msgpush.errors import ApiError, validation_error
-from msgpush.message import BatchSendRequest, SendRequest
 from msgpush.runtime import Runtime, settle_gc
 from msgpush.settings import Settings
 from msgpush.storage.schema import deliveries as deliveries_table
@@ -223,20 +223,7 @@ def create_app(settings: Settings | None = None, *, worker: bool = True) -> Fast
 
     app.mount("/static", RevalidatedStaticFiles(directory=str(web_dir)), name="static")
 
-    original_openapi = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema:
-            return app.openapi_schema
-        schema = original_openapi()
-        components = schema.setdefault("components", {}).setdefault("schemas", {})
-        for model in (SendRequest, BatchSendRequest):
-            model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-            components.update(model_schema.pop("$defs", {}))
-            components[model.__name__] = model_schema
-        return schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
+    app.openapi = openapi_builder(app)  # type: ignore[method-assign]
     return app
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, Union
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
+from pydantic import BaseModel, Field, RootModel, create_model
 
 from msgpush.api.common import JSON, actor, admin, read_json, runtime, sender
+from msgpush.api.openapi import conflict, json_body, partial
 from msgpush.channel_service import (
     LoadedChannel,
     channel_type_or_error,
@@ -15,43 +17,75 @@ from msgpush.channel_service import (
     verify_settings,
 )
 from msgpush.channels import registry
+from msgpush.channels.base import RateLimit
 from msgpush.delivery.engine import test_push
 from msgpush.errors import ApiError
+from msgpush.message import Strict
 
 router = APIRouter()
 
-CHANNEL_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "required": ["name", "type", "config"],
-                    "properties": {
-                        "name": {"type": "string", "maxLength": 128},
-                        "type": {"type": "string", "enum": registry.type_ids()},
-                        "config": {"type": "object", "description": "the type's settings"},
-                        "enabled": {"type": "boolean", "default": True},
-                        "description": {"type": "string"},
-                        "rate_limit": {
-                            "type": "object",
-                            "properties": {
-                                "per_second": {"type": "integer"},
-                                "per_minute": {"type": "integer"},
-                                "per_hour": {"type": "integer"},
-                            },
-                        },
-                    },
-                },
-                "example": {
-                    "name": "ops-webhook",
-                    "type": "webhook",
-                    "config": {"url": "https://example.com/hooks/msgpush"},
-                },
-            }
-        },
-    }
+
+class ChannelFields(Strict):
+    """What every channel has besides its type's settings."""
+
+    name: Annotated[
+        str,
+        Field(min_length=1, max_length=128, description="unique; ids start with ch_, names not"),
+    ]
+    description: Annotated[str, Field(max_length=2000)] = ""
+    enabled: bool = True
+    rate_limit: RateLimit | None = Field(
+        default=None, description="lower the vendor's sending limits (never above them)"
+    )
+
+
+class UnsavedFields(Strict):
+    """A Test Push of settings not saved yet."""
+
+    name: Annotated[str, Field(max_length=128)] | None = None
+
+
+class ChannelEdit(ChannelFields):
+    """A channel's fields and settings (secrets in ``config`` sent empty or masked keep their
+    stored values; ``null`` clears them)."""
+
+    config: dict[str, Any] = Field(description="settings of the channel's type to change")
+
+
+class SavedTestEdits(Strict):
+    """Unsaved edits to test on top of the saved settings (the body may also be empty)."""
+
+    config: dict[str, Any] = Field(description="settings of the channel's type to try")
+
+
+def _tag(type_id: str) -> Any:
+    return Literal.__getitem__(type_id)
+
+
+def per_type(base: type[Strict], name: str) -> type[BaseModel]:
+    """A body of ``base``'s fields plus ``type`` and that type's ``config``: one variant per
+    channel type, told apart by ``type`` (a discriminated union, ``oneOf`` in the schema)."""
+    variants: list[Any] = [
+        create_model(
+            f"{name}{''.join(part.title() for part in channel_type.type_id.split('_'))}",
+            __base__=base,
+            type=(_tag(channel_type.type_id), ...),
+            config=(channel_type.settings_model, ...),
+        )
+        for channel_type in registry.all_types()
+    ]
+    union: Any = Annotated[Union.__getitem__(tuple(variants)), Field(discriminator="type")]
+    model: type[BaseModel] = type(name, (RootModel[union],), {"__doc__": base.__doc__})
+    return model
+
+
+NewChannel = per_type(ChannelFields, "NewChannel")
+UnsavedChannel = per_type(UnsavedFields, "UnsavedChannel")
+NAME_TAKEN = conflict("A channel by that name exists")
+EXAMPLE = {
+    "name": "ops-webhook",
+    "type": "webhook",
+    "config": {"url": "https://example.com/hooks/msgpush"},
 }
 
 
@@ -86,7 +120,8 @@ async def list_channels(
     dependencies=[Depends(admin)],
     status_code=201,
     summary="Create a channel",
-    openapi_extra=CHANNEL_BODY,
+    responses=NAME_TAKEN,
+    openapi_extra=json_body(NewChannel, EXAMPLE),
 )
 async def create_channel(request: Request) -> JSON:
     body = await read_json(request)
@@ -100,6 +135,7 @@ async def create_channel(request: Request) -> JSON:
     "/channels/test",
     dependencies=[Depends(admin)],
     summary="Test Push with unsaved settings",
+    openapi_extra=json_body(UnsavedChannel, {"type": "webhook", "config": EXAMPLE["config"]}),
 )
 async def test_unsaved(request: Request) -> JSON:
     body = await read_json(request)
@@ -131,7 +167,13 @@ async def get_channel(request: Request, ref: str) -> JSON:
     return JSON(await runtime(request).channels.get(ref))
 
 
-@router.patch("/channels/{ref}", dependencies=[Depends(admin)], summary="Change a channel")
+@router.patch(
+    "/channels/{ref}",
+    dependencies=[Depends(admin)],
+    summary="Change a channel",
+    responses=NAME_TAKEN,
+    openapi_extra=json_body(partial(ChannelEdit, "ChannelChanges"), {"enabled": False}),
+)
 async def update_channel(request: Request, ref: str) -> JSON:
     body = await read_json(request)
     if not isinstance(body, dict):
@@ -156,6 +198,7 @@ async def delete_channel(request: Request, ref: str) -> Response:
         'A body {"config": {...}} tests unsaved edits on top of them (secrets left empty or masked '
         "keep their stored values) without recording a last test."
     ),
+    openapi_extra=json_body(SavedTestEdits, required=False),
 )
 async def test_saved(request: Request, ref: str) -> JSON:
     rt = runtime(request)

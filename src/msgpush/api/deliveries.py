@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request
 
 from msgpush.api.common import JSON, admin, runtime, sender
+from msgpush.api.openapi import conflict
 from msgpush.errors import ApiError
 from msgpush.ids import parse_time
 
@@ -17,7 +18,7 @@ MAX_TIME_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the last time ISO
 
 
 def _time(value: str | None, field: str) -> int | None:
-    if value is None:
+    if not value:  # ?since= left empty (as forms send it) filters nothing, like no ?since=
         return None
     try:
         ms = parse_time(value)
@@ -67,7 +68,11 @@ async def get_delivery(request: Request, delivery_id: str) -> JSON:
 
 
 @router.post(
-    "/deliveries/{delivery_id}/retry", dependencies=[Depends(admin)], summary="Resend a delivery"
+    "/deliveries/{delivery_id}/retry",
+    dependencies=[Depends(admin)],
+    status_code=202,
+    summary="Resend a failed or cancelled delivery",
+    responses=conflict("The delivery is not failed or cancelled"),
 )
 async def retry_delivery(request: Request, delivery_id: str) -> JSON:
     rt = runtime(request)

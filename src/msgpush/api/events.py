@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from msgpush import metrics
 from msgpush.api.common import JSON, read_json, runtime, sender
 from msgpush.api.deliveries import _time
+from msgpush.api.openapi import IDEMPOTENT_ACCEPTED, json_body
 from msgpush.errors import ApiError, validation_error
 from msgpush.events.models import Event
 from msgpush.events.rules import RuleStore
@@ -35,30 +36,6 @@ def events_service(request: Request) -> EventService:
         )
         state.events = service
     return service
-
-
-def inline_schema(schema: dict[str, Any]) -> dict[str, Any]:
-    """A pydantic JSON Schema with its ``$defs`` written in place, for an OpenAPI request body."""
-    defs = schema.pop("$defs", {})
-
-    def walk(node: Any) -> Any:
-        if isinstance(node, dict):
-            ref = node.get("$ref")
-            if isinstance(ref, str) and ref.startswith("#/$defs/"):
-                return walk(defs[ref.removeprefix("#/$defs/")])
-            return {k: walk(v) for k, v in node.items()}
-        if isinstance(node, list):
-            return [walk(item) for item in node]
-        return node
-
-    result: dict[str, Any] = walk(schema)
-    return result
-
-
-def body_of(model: type, example: dict[str, Any]) -> dict[str, Any]:
-    schema = inline_schema(model.model_json_schema())  # type: ignore[attr-defined]
-    content = {"application/json": {"schema": schema, "example": example}}
-    return {"requestBody": {"required": True, "content": content}}
 
 
 def parse_event(body: Any, field: str = "") -> Event:
@@ -96,11 +73,12 @@ EVENT_EXAMPLE = {
     dependencies=[Depends(sender)],
     status_code=202,
     summary="Report an event",
+    responses=IDEMPOTENT_ACCEPTED,
     description=(
         "Routed by the rules and the event's own channels, rendered with the event type's "
         "template, and stored with its messages before the 202."
     ),
-    openapi_extra=body_of(Event, EVENT_EXAMPLE),
+    openapi_extra=json_body(Event, EVENT_EXAMPLE),
 )
 async def post_event(request: Request) -> JSON:
     event = parse_event(await read_json(request))

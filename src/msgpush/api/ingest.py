@@ -18,7 +18,7 @@ from urllib.parse import parse_qsl
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from msgpush.api.common import authorize
+from msgpush.api.common import SENDER_ROLES, authorize
 from msgpush.api.messages import accept_batch, accept_one
 from msgpush.errors import ApiError
 from msgpush.runtime import Runtime
@@ -30,7 +30,6 @@ ROUTES: dict[str, Accept] = {
     "/api/v1/messages": accept_one,
     "/api/v1/messages/batch": accept_batch,
 }
-SENDER_ROLES = frozenset({"admin", "sender"})
 INTERNAL = ApiError(500, "internal", "internal error; see the server log")
 
 

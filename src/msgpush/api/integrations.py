@@ -10,12 +10,21 @@ import base64
 import binascii
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Security
+from fastapi.openapi.models import APIKey, APIKeyIn, HTTPBase
+from pydantic import RootModel
 
-from msgpush.api.common import JSON, bearer, read_json, runtime
+from msgpush.api.common import BEARER, JSON, DocumentedScheme, bearer, read_json, runtime
 from msgpush.api.events import accept
+from msgpush.api.openapi import json_body
 from msgpush.errors import ApiError
-from msgpush.events.adapters import Routing, alertmanager_events, grafana_events
+from msgpush.events.adapters import (
+    LegacyGrafana,
+    Notification,
+    Routing,
+    alertmanager_events,
+    grafana_events,
+)
 from msgpush.events.models import MAX_GROUP_WINDOW_S
 
 router = APIRouter()
@@ -39,7 +48,25 @@ def _basic_password(request: Request) -> str | None:
     return password or None
 
 
-async def integration_sender(request: Request) -> str:
+BASIC = DocumentedScheme(
+    "basic", HTTPBase(scheme="basic", description="The API token as the basic-auth password")
+)
+TOKEN_QUERY = DocumentedScheme(
+    "token_query",
+    APIKey(
+        **{"in": APIKeyIn.query},
+        name="token",
+        description="The API token in the URL, for tools that cannot set a header",
+    ),
+)
+
+
+async def integration_sender(
+    request: Request,
+    _bearer: Annotated[None, Security(BEARER)],
+    _basic: Annotated[None, Security(BASIC)],
+    _query: Annotated[None, Security(TOKEN_QUERY)],
+) -> str:
     """Sender or admin, by Bearer header, basic-auth password or ``?token=``."""
     given = bearer(request.headers.get("authorization")) or _basic_password(request)
     if given is None and "authorization" not in request.headers:
@@ -65,6 +92,10 @@ async def integration_sender(request: Request) -> str:
                 name,
             )
     return role
+
+
+class GrafanaPayload(RootModel[Notification | LegacyGrafana]):
+    """Grafana's unified alerting body (Alertmanager's), or the legacy one of Grafana < 8."""
 
 
 def _routing(
@@ -119,6 +150,7 @@ async def _answer(request: Request, found: tuple[list[Any], list[str]], source: 
         "Point an Alertmanager webhook_config here. Each alert becomes an alert.firing or "
         "alert.resolved event, routed by the rules and to ?channels=."
     ),
+    openapi_extra=json_body(Notification),
 )
 async def alertmanager(
     request: Request,
@@ -142,6 +174,7 @@ async def alertmanager(
         "Point a Grafana webhook contact point here (unified alerting, or legacy alerting). "
         "Each alert becomes an alert.firing or alert.resolved event."
     ),
+    openapi_extra=json_body(GrafanaPayload),
 )
 async def grafana(
     request: Request,

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Request
 
 from msgpush import metrics
 from msgpush.api.common import JSON, parse_model, runtime, sender
+from msgpush.api.openapi import IDEMPOTENT_ACCEPTED, json_body
 from msgpush.errors import ApiError
 from msgpush.message import BatchSendRequest, SendRequest
 from msgpush.runtime import Runtime
@@ -18,23 +19,13 @@ ACCEPTED_ONE = metrics.MESSAGES_ACCEPTED.labels("messages")
 ACCEPTED_BATCH = metrics.MESSAGES_ACCEPTED.labels("batch")
 
 
-def _body_schema(model: type) -> dict[str, object]:
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}
-            },
-        }
-    }
-
-
 @router.post(
     "/messages",
     dependencies=[Depends(sender)],
     status_code=202,
     summary="Send a message",
-    openapi_extra=_body_schema(SendRequest),
+    responses=IDEMPOTENT_ACCEPTED,
+    openapi_extra=json_body(SendRequest),
 )
 async def send_message(request: Request) -> JSON:
     answer, headers = await accept_one(runtime(request), await request.body())
@@ -64,7 +55,7 @@ async def accept_one(rt: Runtime, raw: bytes) -> tuple[dict[str, Any], dict[str,
     dependencies=[Depends(sender)],
     status_code=202,
     summary="Send up to 1,000 messages",
-    openapi_extra=_body_schema(BatchSendRequest),
+    openapi_extra=json_body(BatchSendRequest),
 )
 async def send_batch(request: Request) -> JSON:
     answer, _ = await accept_batch(runtime(request), await request.body())

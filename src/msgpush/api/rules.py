@@ -7,7 +7,8 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from msgpush.api.common import JSON, actor, admin, read_json
-from msgpush.api.events import body_of, events_service
+from msgpush.api.events import events_service
+from msgpush.api.openapi import conflict, json_body, partial
 from msgpush.events.models import Rule
 
 router = APIRouter(dependencies=[Depends(admin)])
@@ -31,8 +32,15 @@ async def list_rules(request: Request) -> JSON:
     return JSON(await events_service(request).rules.list())
 
 
+NAME_TAKEN = conflict("A rule by that name exists")
+
+
 @router.post(
-    "/rules", status_code=201, summary="Create a rule", openapi_extra=body_of(Rule, RULE_EXAMPLE)
+    "/rules",
+    status_code=201,
+    summary="Create a rule",
+    responses=NAME_TAKEN,
+    openapi_extra=json_body(Rule, RULE_EXAMPLE),
 )
 async def create_rule(request: Request) -> JSON:
     body = await read_json(request)
@@ -45,7 +53,12 @@ async def get_rule(request: Request, ref: str) -> JSON:
     return JSON(await events_service(request).rules.get(ref))
 
 
-@router.patch("/rules/{ref}", summary="Change a rule (the fields sent)")
+@router.patch(
+    "/rules/{ref}",
+    summary="Change a rule (the fields sent)",
+    responses=NAME_TAKEN,
+    openapi_extra=json_body(partial(Rule, "RuleChanges"), {"enabled": False}),
+)
 async def update_rule(request: Request, ref: str) -> JSON:
     body = await read_json(request)
     return JSON(await events_service(request).rules.update(ref, body, actor=actor(request)))

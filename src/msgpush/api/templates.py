@@ -11,7 +11,8 @@ from pydantic import TypeAdapter, ValidationError
 
 from msgpush import template_worker
 from msgpush.api.common import JSON, actor, admin, read_json
-from msgpush.api.events import body_of, events_service
+from msgpush.api.events import events_service
+from msgpush.api.openapi import json_body
 from msgpush.errors import ApiError, validation_error
 from msgpush.events.models import Event, TemplateOverride, TypePattern
 from msgpush.events.service import EventService, fingerprint
@@ -112,7 +113,7 @@ async def list_templates(request: Request) -> JSON:
 @router.post(
     "/templates/preview",
     summary="Render an event (or a type's sample) with a template",
-    openapi_extra=body_of(
+    openapi_extra=json_body(
         Preview,
         {"event_type": "task.failed", "template": {"title": "{{ f.task }} failed"}},
     ),
@@ -169,7 +170,9 @@ async def get_template(request: Request, event_type: str) -> JSON:
 @router.put(
     "/templates/{event_type}",
     summary="Override an event type's template (a type, or a pattern like alert.*)",
-    openapi_extra=body_of(TemplateOverride, {"title": "[{{ level | upper }}] {{ f.task }} failed"}),
+    openapi_extra=json_body(
+        TemplateOverride, {"title": "[{{ level | upper }}] {{ f.task }} failed"}
+    ),
 )
 async def put_template(request: Request, event_type: str) -> JSON:
     event_type = _event_type(event_type)

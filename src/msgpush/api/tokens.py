@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
+from pydantic import Field
 
 from msgpush.api.common import JSON, actor, admin, read_json, runtime
+from msgpush.api.openapi import conflict, json_body
 from msgpush.errors import ApiError
+from msgpush.message import Strict
+from msgpush.storage.tokens import Role
 
 router = APIRouter(dependencies=[Depends(admin)])
+
+
+class NewToken(Strict):
+    """A token to create: what it is for, and its role (senders send and read history)."""
+
+    name: Annotated[str, Field(min_length=1, max_length=128)]
+    role: Role
 
 
 @router.get("/tokens", summary="List API tokens (values are never shown again)")
@@ -16,7 +29,12 @@ async def list_tokens(request: Request) -> JSON:
     return JSON(await runtime(request).tokens.list())
 
 
-@router.post("/tokens", status_code=201, summary="Create an API token")
+@router.post(
+    "/tokens",
+    status_code=201,
+    summary="Create an API token",
+    openapi_extra=json_body(NewToken, {"name": "ci pipeline", "role": "sender"}),
+)
 async def create_token(request: Request) -> JSON:
     body = await read_json(request)
     if not isinstance(body, dict):
@@ -31,7 +49,12 @@ async def create_token(request: Request) -> JSON:
     return JSON({**view, "token": token}, status_code=201)
 
 
-@router.delete("/tokens/{token_id}", status_code=204, summary="Delete an API token")
+@router.delete(
+    "/tokens/{token_id}",
+    status_code=204,
+    summary="Delete an API token",
+    responses=conflict("It is the last admin token"),
+)
 async def delete_token(request: Request, token_id: str) -> Response:
     await runtime(request).tokens.delete(token_id, actor=actor(request))
     return Response(status_code=204)

@@ -17,7 +17,7 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -30,7 +30,8 @@ from msgpush.storage.schema import api_tokens
 
 log = logging.getLogger(__name__)
 
-ROLES = ("admin", "sender")
+Role = Literal["admin", "sender"]
+ROLES: tuple[str, ...] = get_args(Role)
 TOKEN_PREFIX = "mpk_"
 CACHE_TTL_S = 0.5
 TOUCH_INTERVAL_S = 60.0
