@@ -17,7 +17,7 @@ import functools
 import html
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from urllib.parse import quote, quote_plus, unquote_plus, urlsplit, urlunsplit
 
 import orjson
@@ -94,19 +94,23 @@ class _Redactor:
             return text
         return self.pattern.sub(MASK, text)
 
-    def cut_tail(self, text: str) -> str:
-        """``text`` with a trailing start of any form (a secret cut short) masked."""
-        for form in self.forms:
-            if len(form) <= MIN_CUT_PREFIX_CHARS:
-                break
-            window_start = max(0, len(text) - len(form) + 1)
-            head = form[:MIN_CUT_PREFIX_CHARS]
-            at = text.find(head, window_start)
-            while at != -1:
-                if form.startswith(text[at:]):
-                    return text[:at] + MASK
-                at = text.find(head, at + 1)
-        return text
+
+_EMPTY = _Redactor(())
+
+
+def _cut_tail(text: str, forms: Iterable[str]) -> str:
+    """``text`` with a trailing start of any of ``forms`` (a secret cut short) masked."""
+    for form in forms:
+        if len(form) <= MIN_CUT_PREFIX_CHARS:
+            continue
+        window_start = max(0, len(text) - len(form) + 1)
+        head = form[:MIN_CUT_PREFIX_CHARS]
+        at = text.find(head, window_start)
+        while at != -1:
+            if form.startswith(text[at:]):
+                return text[:at] + MASK
+            at = text.find(head, at + 1)
+    return text
 
 
 @functools.lru_cache(maxsize=1024)
@@ -114,49 +118,84 @@ def _redactor(values: frozenset[str]) -> _Redactor:
     return _Redactor(tuple(values))
 
 
+_PLAIN = re.compile(r"[A-Za-z0-9+/=,._~-]+")
+
+
+def _one_off_forms(value: str) -> tuple[str, ...]:
+    """The forms of a value made for one request (a signature): base64 and hex travel raw or
+    URL-encoded (``quote`` keeps "/", ``quote_plus`` does not; hex either case); anything else
+    gets every form. Plain ``str.replace`` here: urllib's quote costs ~10 us a call."""
+    if not _PLAIN.fullmatch(value):
+        return secret_forms(value)
+    path = value.replace("+", "%2B").replace("=", "%3D").replace(",", "%2C")
+    full = path.replace("/", "%2F")
+    forms = {value, path, full, _lower_hex(path), _lower_hex(full)}
+    return tuple(sorted(forms, key=len, reverse=True))
+
+
+def _lower_hex(encoded: str) -> str:
+    return (
+        encoded.replace("%2B", "%2b")
+        .replace("%3D", "%3d")
+        .replace("%2C", "%2c")
+        .replace("%2F", "%2f")
+    )
+
+
 class SecretSet:
     """The secret values of one attempt (or one channel), redacted wherever text is kept.
 
-    Channels add what they compute or fetch during a send (``add``); the transcript, the
-    exchange's diagnoses and the answer excerpts all redact through the same set.
+    Values that recur (settings, access tokens) are matched by one compiled alternation,
+    cached per set of values. A value made for one request only (a signature, ``add_one_off``)
+    is replaced form by form instead: compiling a pattern for it would cost more (~0.3 ms)
+    than the few replacements it needs. Channels add what they compute or fetch during a send;
+    the transcript, the exchange's diagnoses and the answer excerpts all redact through the
+    same set.
     """
 
-    __slots__ = ("_redactor", "_values")
+    __slots__ = ("_one_off", "_redactor", "_values")
 
     def __init__(self, values: Iterable[str] = ()) -> None:
         self._values: frozenset[str] = frozenset(v for v in values if len(v) >= MIN_SECRET_CHARS)
         self._redactor: _Redactor | None = None
+        self._one_off: tuple[str, ...] = ()  # forms, longest first
 
     def add(self, *values: str | None) -> None:
+        """Mark values that recur across attempts (an access token)."""
         fresh = {v for v in values if v and len(v) >= MIN_SECRET_CHARS} - self._values
         if fresh:
             self._values |= fresh
             self._redactor = None
 
+    def add_one_off(self, *values: str | None) -> None:
+        """Mark values made for this request only (a signature)."""
+        forms = {f for v in values if v and len(v) >= MIN_SECRET_CHARS for f in _one_off_forms(v)}
+        if forms:
+            self._one_off = tuple(sorted({*self._one_off, *forms}, key=len, reverse=True))
+
     def copy(self) -> SecretSet:
         twin = SecretSet()
-        twin._values, twin._redactor = self._values, self._redactor
+        twin._values, twin._redactor, twin._one_off = self._values, self._redactor, self._one_off
         return twin
 
-    def __contains__(self, value: object) -> bool:
-        return value in self._values
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._values)
-
     def __bool__(self) -> bool:
-        return bool(self._values)
+        return bool(self._values or self._one_off)
 
     def _compiled(self) -> _Redactor:
         if self._redactor is None:
-            self._redactor = _redactor(self._values)
+            self._redactor = _redactor(self._values) if self._values else _EMPTY
         return self._redactor
 
     def redact(self, text: str) -> str:
         """``text`` with every form of every secret masked."""
-        if not self._values or not text:
+        if not text:
             return text
-        return self._compiled().redact(text)
+        if self._values:
+            text = self._compiled().redact(text)
+        for form in self._one_off:
+            if form in text:
+                text = text.replace(form, MASK)
+        return text
 
     def excerpt(self, text: str, limit: int, *, was_cut: bool = False) -> str:
         """The first ``limit`` characters of ``text``, redacted before the cut; a secret the
@@ -164,12 +203,12 @@ class SecretSet:
         text = self.redact(text)
         if len(text) > limit:
             text, was_cut = text[:limit], True
-        if was_cut and self._values:
-            text = self._compiled().cut_tail(text)
+        if was_cut and self:
+            text = _cut_tail(text, (*self._compiled().forms, *self._one_off))
         return text
 
 
-def scrub(text: str, secrets: Iterable[str]) -> str:
+def scrub(text: str, secrets: SecretSet | Iterable[str]) -> str:
     """Replace every form of each secret value with the mask."""
     return (secrets if isinstance(secrets, SecretSet) else SecretSet(secrets)).redact(text)
 
@@ -201,6 +240,7 @@ def has_url_credentials(url: str) -> bool:
     return bool(url_credentials(url))
 
 
+@functools.lru_cache(maxsize=4096)  # a channel sends to the same few URLs over and over
 def mask_url_credentials(url: str) -> str:
     """The URL with its password and credential query values replaced by the mask."""
     try:
@@ -265,17 +305,28 @@ def unmask_url(incoming: str, stored: str) -> str | None:
     return None if MASK in result else result
 
 
-def redact_url(url: str, secrets: Iterable[str] = ()) -> str:
+def redact_url(url: str, secrets: SecretSet | Iterable[str] = ()) -> str:
     """The URL with its credentials masked (userinfo password, credential query values) and
     every secret in ``secrets`` redacted."""
     return scrub(mask_url_credentials(url), secrets)
 
 
-def redact_headers(headers: dict[str, str], secrets: Iterable[str] = ()) -> dict[str, str]:
+@functools.lru_cache(maxsize=256)
+def _sensitive_header(name: str) -> bool:
+    return name.lower() in SENSITIVE_HEADERS or is_credential_name(name)
+
+
+def redact_headers(
+    headers: dict[str, str], secrets: SecretSet | Iterable[str] = ()
+) -> dict[str, str]:
+    """Credential headers masked whole; secrets redacted in the others."""
     secret_set = secrets if isinstance(secrets, SecretSet) else SecretSet(secrets)
-    return {
-        name: MASK
-        if name.lower() in SENSITIVE_HEADERS or is_credential_name(name)
-        else secret_set.redact(value)
-        for name, value in headers.items()
-    }
+    kept = {name: value for name, value in headers.items() if not _sensitive_header(name)}
+    if secret_set and kept:
+        # one pass over all values (header values hold no line breaks); a match spanning two
+        # of them changes the count, and then each is redacted on its own
+        values = secret_set.redact("\n".join(kept.values())).split("\n")
+        if len(values) != len(kept):
+            values = [secret_set.redact(value) for value in kept.values()]
+        kept = dict(zip(kept, values, strict=True))
+    return {name: kept.get(name, MASK) for name in headers}

@@ -336,7 +336,7 @@ class FeishuBotChannel(ChannelType):
         self, message: Message, settings: FeishuBotSettings, ctx: SendContext
     ) -> VendorRequest:
         payload = payload_for(message, settings)
-        ctx.secrets.add(payload.get("sign"))
+        ctx.secrets.add_one_off(payload.get("sign"))
         return VendorRequest.json(
             settings.webhook_url.get_secret_value(), payload, timeout_s=REQUEST_TIMEOUT_S
         )
