@@ -23,6 +23,7 @@ from msgpush.channels.base import ChannelSettings, ChannelType, RateLimit
 from msgpush.egress import EgressPolicy, EgressRefused
 from msgpush.errors import ApiError, not_found, validation_error
 from msgpush.ids import iso, new_id, now_ms
+from msgpush.redact import MASK, SecretSet, mask_url_credentials, unmask_url
 from msgpush.secretbox import SecretBox, is_masked, mask
 from msgpush.storage.audit import (
     SYSTEM,
@@ -47,7 +48,7 @@ class LoadedChannel:
     settings: ChannelSettings
     enabled: bool
     limit: RateLimit
-    secrets: list[str]
+    secrets: SecretSet  # redacts their every form; copied per attempt
 
     limited: bool = field(init=False)  # sends take a slot in a rate window (webhooks: no)
 
@@ -157,9 +158,11 @@ class ChannelService:
         channel_type = registry.get(row.type)
         config = orjson.loads(row.config)
         secret = self._box.open(row.secrets)
-        for name in channel_type.secret_fields() if channel_type else []:
-            if name in secret:
-                config[name] = mask(secret[name])
+        secret_names = channel_type.secret_fields() if channel_type else []
+        for name, value in secret.items():
+            # a secret field reads back masked; a URL setting sealed for its credentials reads
+            # back with just those masked
+            config[name] = mask(value) if name in secret_names else mask_url_credentials(value)
         view: dict[str, Any] = {
             "id": row.id,
             "name": row.name,
@@ -350,7 +353,7 @@ class ChannelService:
         secret_names = set(channel_type.secret_fields())
         for key, value in incoming.items():
             if key not in secret_names:
-                merged[key] = value
+                merged[key] = _kept_url_credentials(key, value, merged.get(key))
             elif value is None:
                 merged.pop(key, None)
             elif isinstance(value, dict) and isinstance(merged.get(key), dict):
@@ -375,7 +378,7 @@ class ChannelService:
             channel_type, self._merged_settings(channel_type, row, config)
         )
         loaded.settings = settings
-        loaded.secrets = channel_type.secret_values(settings)
+        loaded.secrets = channel_type.secret_set(settings)
         return loaded
 
     async def delete(self, ref: str, *, actor: Actor = SYSTEM) -> None:
@@ -496,7 +499,7 @@ class ChannelService:
             settings=settings,
             enabled=row.enabled,
             limit=channel_type.default_limits.lowered_by(override),
-            secrets=channel_type.secret_values(settings),
+            secrets=channel_type.secret_set(settings),
         )
 
 
@@ -504,6 +507,23 @@ def _plain(channel: LoadedChannel) -> dict[str, Any]:
     """A channel's settings, secrets included, as plain values to compare."""
     public, secret = channel.type.split(channel.settings)
     return {**public, **secret}
+
+
+def _kept_url_credentials(name: str, value: Any, stored: Any) -> Any:
+    """A URL setting sent back with masked credentials keeps the stored ones; 422 when there
+    are none to keep or the URL now points elsewhere."""
+    if not isinstance(value, str) or MASK not in value or "://" not in value:
+        return value
+    kept = unmask_url(value, stored) if isinstance(stored, str) else None
+    if kept is None:
+        raise ApiError(
+            422,
+            "invalid",
+            f"{name} has masked credentials ({MASK}) that can only be kept on the same address; "
+            "enter the credentials again",
+            f"config.{name}",
+        )
+    return kept
 
 
 def _name(value: Any) -> str:

@@ -11,8 +11,9 @@ import orjson
 from cryptography.fernet import Fernet, InvalidToken
 
 from msgpush.datadir import open_private, private_dir
+from msgpush.redact import MASK, mask_url_credentials
 
-MASK = "••••"
+__all__ = ["MASK", "SecretBox", "SecretKeyError", "is_masked", "load_or_create_key", "mask"]
 
 
 class SecretKeyError(RuntimeError):
@@ -82,20 +83,14 @@ def mask(value: Any) -> Any:
 
 
 def mask_url(url: str) -> str:
-    parts = urlsplit(url)
-    query = "&".join(
-        f"{key}={MASK}" if sep else piece
-        for piece in parts.query.split("&")
-        if piece
-        for key, sep, _ in [piece.partition("=")]
-    )
+    """A secret URL (a bot's webhook) as it reads back: credentials masked as in any URL
+    (``msgpush.redact.mask_url_credentials``), and token-like path segments too."""
+    parts = urlsplit(mask_url_credentials(url))
     segments = [
         MASK + segment[-4:] if len(segment) >= 16 and not segment.isalpha() else segment
         for segment in parts.path.split("/")
     ]
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host  # credentials in the netloc dropped
-    return urlunsplit(parts._replace(path="/".join(segments), query=query, netloc=netloc))
+    return urlunsplit(parts._replace(path="/".join(segments)))
 
 
 def is_masked(value: Any) -> bool:

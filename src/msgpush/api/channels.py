@@ -157,7 +157,7 @@ async def test_unsaved(request: Request) -> JSON:
         settings=settings,
         enabled=True,
         limit=channel_type.default_limits,
-        secrets=channel_type.secret_values(settings),
+        secrets=channel_type.secret_set(settings),
     )
     return JSON(await test_push(rt.http, None, channel, rt.vendor_tokens))
 

@@ -7,6 +7,8 @@ answer*; the delivery engine decides *when* and *how often*. Sending goes throug
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
@@ -18,6 +20,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from msgpush.message import Message
+from msgpush.redact import MIN_SECRET_CHARS, SecretSet, has_url_credentials, url_credentials
 
 OutcomeKind = Literal["delivered", "retry", "failed", "refresh_token"]
 
@@ -75,6 +78,8 @@ class VendorResponse:
     status: int
     headers: dict[str, str]
     body: bytes
+    # set by the exchange: excerpts (``text``) come out redacted, cut after redaction
+    secrets: SecretSet | None = field(default=None, repr=False, compare=False)
 
     def json(self) -> Any:
         """The body as JSON, or None when it is not JSON."""
@@ -84,7 +89,11 @@ class VendorResponse:
             return None
 
     def text(self, limit: int = 500) -> str:
-        return self.body[:limit].decode("utf-8", "replace")
+        """The body's first ``limit`` characters, for an excerpt in a diagnosis or transcript:
+        secrets (when the exchange set them) are redacted in the whole body before the cut."""
+        if self.secrets is None:
+            return self.body[:limit].decode("utf-8", "replace")
+        return self.secrets.excerpt(self.body.decode("utf-8", "replace"), limit)
 
 
 class Exchanger(Protocol):
@@ -182,6 +191,7 @@ async def cached_token(
         def classify(response: VendorResponse) -> Outcome:
             outcome, fetched = read(response)
             if fetched is not None:
+                ctx.secrets.add(fetched.token)  # before the transcript records the answer
                 got.append(fetched)
             return outcome
 
@@ -190,9 +200,22 @@ async def cached_token(
             raise TokenFetchFailed(with_step(outcome, step))
         return got[0]
 
-    if ctx.tokens is None:
-        return (await fetch()).token
-    return await ctx.tokens.get(key, fetch)
+    return await fetched_or_cached(ctx, key, fetch)
+
+
+async def fetched_or_cached(
+    ctx: SendContext, key: str, fetch: Callable[[], Awaitable[FetchedToken]]
+) -> str:
+    """The token for ``key`` from the shared cache or ``fetch``, marked secret for the attempt."""
+
+    async def marked() -> FetchedToken:
+        fetched = await fetch()
+        ctx.secrets.add(fetched.token)
+        return fetched
+
+    token = (await marked()).token if ctx.tokens is None else await ctx.tokens.get(key, marked)
+    ctx.secrets.add(token)
+    return token
 
 
 @dataclass
@@ -207,6 +230,9 @@ class SendContext:
     event: dict[str, Any] | None = None
     is_test: bool = False
     tokens: TokenSource | None = None
+    # what this attempt must never record: the channel's secrets, and the tokens and
+    # signatures the channel adds as it makes them (the exchange's transcript shares the set)
+    secrets: SecretSet = field(default_factory=SecretSet)
 
 
 class RateLimit(BaseModel):
@@ -296,7 +322,11 @@ class ChannelType(ABC):
             raw = getattr(settings, name)
             if isinstance(raw, SecretStr):
                 value = raw.get_secret_value()
-            (secret if name in secret_names else public)[name] = value
+            # a URL setting (a webhook's url, an api_base) that carries credentials is sealed
+            # whole; it reads back masked (ChannelService)
+            carries = isinstance(value, str) and value.startswith(("http://", "https://"))
+            hidden = name in secret_names or (carries and has_url_credentials(value))
+            (secret if hidden else public)[name] = value
         for name in secret_names:  # empty secrets are "not set", not stored
             if secret.get(name) in ("", {}, None):
                 secret.pop(name, None)
@@ -304,16 +334,22 @@ class ChannelType(ABC):
 
     @classmethod
     def secret_values(cls, settings: ChannelSettings) -> list[str]:
-        """Every secret string in these settings, for scrubbing transcripts and errors."""
+        """Every secret string in these settings (and the credentials inside them: a URL's
+        key, a header's token), for redacting transcripts and errors."""
         _, secret = cls.split(settings)
         values: list[str] = []
         for value in secret.values():
             if isinstance(value, dict):
-                values.extend(str(v) for v in value.values())
+                for item in map(str, value.values()):
+                    values += [item, *_header_credentials(item)]
             else:
-                values.append(str(value))
-                values.extend(_url_credentials(str(value)))
-        return [v for v in values if len(v) >= 4]
+                values += [str(value), *_url_credentials(str(value))]
+        return [v for v in dict.fromkeys(values) if len(v) >= MIN_SECRET_CHARS]
+
+    @classmethod
+    def secret_set(cls, settings: ChannelSettings) -> SecretSet:
+        """The settings' secrets as a set that redacts every form of them."""
+        return SecretSet(cls.secret_values(settings))
 
     @classmethod
     def target_urls(cls, settings: ChannelSettings) -> dict[str, str]:
@@ -406,15 +442,29 @@ def unauthorized(response: VendorResponse, vendor: str) -> Outcome | None:
 
 
 def _url_credentials(value: str) -> list[str]:
-    """The parts of a secret URL that are credentials on their own (a bot's key or token), so
-    that text quoting just the key is scrubbed too."""
+    """The parts of a secret URL that are credentials on their own (a bot's key or token, a
+    password), so that text quoting just the key is redacted too."""
     if not value.startswith(("http://", "https://")):
         return []
     parts = urlsplit(value)
     found = [v for _, v in parse_qsl(parts.query) if len(v) >= 8]
     found += [s for s in parts.path.split("/") if len(s) >= 16 and not s.isalpha()]
-    if parts.password:
-        found.append(parts.password)
+    return found + url_credentials(value)
+
+
+def _header_credentials(value: str) -> list[str]:
+    """The credential inside a header value: the token after an auth scheme (``Bearer x``),
+    and for ``Basic`` the decoded ``user:password`` and the password."""
+    scheme, _, credential = value.strip().partition(" ")
+    if not credential:
+        return []
+    found = [credential.strip()]
+    if scheme.lower() == "basic":
+        try:
+            decoded = base64.b64decode(credential.strip(), validate=True).decode()
+        except (binascii.Error, ValueError):
+            return found
+        found += [decoded, decoded.partition(":")[2]]
     return found
 
 

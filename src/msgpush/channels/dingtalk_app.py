@@ -25,6 +25,7 @@ from msgpush.channels.base import (
     VendorCode,
     VendorRequest,
     VendorResponse,
+    fetched_or_cached,
     secret_field,
     token_lifetime_s,
     unauthorized,
@@ -1192,9 +1193,7 @@ class DingTalkAppChannel(ChannelType):
         async def fetch() -> FetchedToken:
             return await fetch_token(settings, ctx)
 
-        if ctx.tokens is None:
-            return (await fetch()).token
-        return await ctx.tokens.get(key, fetch)
+        return await fetched_or_cached(ctx, key, fetch)
 
 
 async def fetch_token(settings: DingTalkAppSettings, ctx: SendContext) -> FetchedToken:
@@ -1212,6 +1211,7 @@ async def fetch_token(settings: DingTalkAppSettings, ctx: SendContext) -> Fetche
         token = data.get("accessToken") if isinstance(data, dict) else None
         if answer.status == 200 and isinstance(token, str) and token:
             assert isinstance(data, dict)
+            ctx.secrets.add(token)  # before the transcript records the answer
             got.append(FetchedToken(token, token_lifetime_s(data.get("expireIn"))))
             return Outcome.delivered(status_code=200)
         has_code = isinstance(data, dict) and isinstance(data.get("code"), str)
@@ -1234,6 +1234,7 @@ async def fetch_token(settings: DingTalkAppSettings, ctx: SendContext) -> Fetche
         token = data.get("access_token") if isinstance(data, dict) else None
         if outcome.kind == "delivered" and isinstance(token, str) and token:
             assert isinstance(data, dict)
+            ctx.secrets.add(token)
             got.append(FetchedToken(token, token_lifetime_s(data.get("expires_in"))))
         elif outcome.kind == "delivered":
             return Outcome.failed(

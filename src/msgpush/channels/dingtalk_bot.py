@@ -531,6 +531,9 @@ class DingTalkBotChannel(ChannelType):
         rendered = compose(message, settings, ctx.delivery_id)
         # signed afresh on every attempt: DingTalk refuses timestamps over an hour old
         url = signed_url(settings, now_ms())
+        ctx.secrets.add_one_off(
+            *(value for name, value in parse_qsl(urlsplit(url).query) if name == "sign")
+        )
         return VendorRequest("POST", url, dict(JSON_HEADERS), rendered.body), rendered.warnings
 
 

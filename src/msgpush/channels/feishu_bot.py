@@ -335,10 +335,10 @@ class FeishuBotChannel(ChannelType):
     def render(
         self, message: Message, settings: FeishuBotSettings, ctx: SendContext
     ) -> VendorRequest:
+        payload = payload_for(message, settings)
+        ctx.secrets.add_one_off(payload.get("sign"))
         return VendorRequest.json(
-            settings.webhook_url.get_secret_value(),
-            payload_for(message, settings),
-            timeout_s=REQUEST_TIMEOUT_S,
+            settings.webhook_url.get_secret_value(), payload, timeout_s=REQUEST_TIMEOUT_S
         )
 
     def classify(self, response: VendorResponse) -> Outcome:  # pragma: no cover - see send

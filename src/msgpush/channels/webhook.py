@@ -242,9 +242,9 @@ class WebhookChannel(ChannelType):
         }
         if settings.signing_secret is not None and settings.signing_secret.get_secret_value():
             key = standard_webhooks_key(settings.signing_secret.get_secret_value())
-            headers["webhook-signature"] = standard_webhooks_signature(
-                key, ctx.delivery_id, timestamp, body
-            )
+            signature = standard_webhooks_signature(key, ctx.delivery_id, timestamp, body)
+            ctx.secrets.add_one_off(signature, signature.removeprefix("v1,"))
+            headers["webhook-signature"] = signature
         return VendorRequest(
             settings.method,
             str(settings.url),

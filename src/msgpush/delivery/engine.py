@@ -30,7 +30,6 @@ from msgpush.delivery.http import HttpClient, Transcript
 from msgpush.delivery.limits import LocalPacer, RateLimiter
 from msgpush.ids import new_id, now_ms
 from msgpush.message import Category, Level, Message
-from msgpush.redact import scrub
 from msgpush.settings import Settings
 from msgpush.storage.queue import AttemptRecord, Claimed, Queue
 
@@ -299,7 +298,7 @@ class Engine:
         started: int,
         event: dict[str, Any] | None = None,
     ) -> None:
-        transcript = Transcript(secrets=channel.secrets)
+        transcript = Transcript(secrets=channel.secrets.copy())
         ctx = SendContext(
             delivery_id=claimed.id,
             attempt=number,
@@ -308,6 +307,7 @@ class Engine:
             created_at_ms=created_at,
             event=event,
             tokens=self._tokens,
+            secrets=transcript.secrets,
         )
         clock = time.perf_counter()
         outcome = await send_once(channel, message, ctx)
@@ -404,7 +404,7 @@ async def test_push(
                 "duration_ms": 0,
                 "request": None,
             }
-    transcript = Transcript(secrets=channel.secrets)
+    transcript = Transcript(secrets=channel.secrets.copy())
     test_id = new_id("test")
     ctx = SendContext(
         delivery_id=test_id,
@@ -414,6 +414,7 @@ async def test_push(
         created_at_ms=now_ms(),
         is_test=True,
         tokens=tokens,
+        secrets=transcript.secrets,
     )
     outcome = await send_once(channel, TEST_MESSAGE, ctx)
     duration_ms = int((time.perf_counter() - clock) * 1000)
@@ -453,6 +454,6 @@ async def send_once(channel: LoadedChannel, message: Message, ctx: SendContext) 
             type(exc).__name__,
             frame.filename,
             frame.lineno,
-            scrub(str(exc), channel.secrets),
+            ctx.secrets.redact(str(exc)),
         )
         return Outcome.retry(f"internal error while sending ({type(exc).__name__}); will retry")

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import functools
 import ssl
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -34,41 +34,62 @@ from msgpush.egress import (
     host_matches,
     parse_targets,
 )
-from msgpush.redact import redact_headers, redact_url, scrub, scrub_tokens
+from msgpush.redact import SecretSet, redact_headers, redact_url, scrub_tokens
 
 MAX_RESPONSE_BYTES = 256 * 1024
 TRANSCRIPT_BODY_CHARS = 16_000
+TRANSCRIPT_RESPONSE_CHARS = 2_000
 USER_AGENT = "msgpush/0.1 (+https://github.com/msgpush)"
 TARGET_CACHE_SIZE = 4096
 
 
 @dataclass
 class Transcript:
-    """What one attempt sent and received, secrets removed, for the delivery history."""
+    """What one attempt sent and received, secrets removed, for the delivery history.
 
-    secrets: list[str] = field(default_factory=list)
+    ``secrets`` is the attempt's SecretSet: the channel's settings, plus what the channel adds
+    while sending (tokens, signatures). Every text is redacted whole, then cut.
+    """
+
+    secrets: SecretSet = field(default_factory=SecretSet)
     exchanges: list[dict[str, Any]] = field(default_factory=list)
     last_status: int | None = None
 
     def add(
         self, request: VendorRequest, response: VendorResponse | None, error: str | None
     ) -> None:
-        body = scrub_tokens(
-            scrub(request.body[:TRANSCRIPT_BODY_CHARS].decode("utf-8", "replace"), self.secrets)
-        )
+        secrets = self.secrets
+        body = secrets.excerpt(request.body.decode("utf-8", "replace"), TRANSCRIPT_BODY_CHARS)
         entry: dict[str, Any] = {
             "method": request.method,
-            "url": redact_url(request.url, self.secrets),
-            "headers": redact_headers(request.headers, self.secrets),
-            "body": body,
+            "url": redact_url(request.url, secrets),
+            "headers": redact_headers(request.headers, secrets),
+            "body": scrub_tokens(body),
         }
         if response is not None:
             entry["status"] = response.status
-            entry["response"] = scrub_tokens(scrub(response.text(2_000), self.secrets))
+            text = secrets.excerpt(
+                response.body.decode("utf-8", "replace"),
+                TRANSCRIPT_RESPONSE_CHARS,
+                was_cut=len(response.body) >= MAX_RESPONSE_BYTES,
+            )
+            entry["response"] = scrub_tokens(text)
             self.last_status = response.status
         if error:
-            entry["error"] = scrub(error, self.secrets)
+            entry["error"] = secrets.redact(error)
         self.exchanges.append(entry)
+
+    def redacted(self, outcome: Outcome) -> Outcome:
+        """The outcome with the attempt's secrets removed from its texts."""
+        if not self.secrets or not (outcome.diagnosis or outcome.vendor_message or outcome.warning):
+            return outcome
+        redact = self.secrets.redact
+        return replace(
+            outcome,
+            diagnosis=redact(outcome.diagnosis) if outcome.diagnosis else None,
+            vendor_message=redact(outcome.vendor_message) if outcome.vendor_message else None,
+            warning=redact(outcome.warning) if outcome.warning else None,
+        )
 
     def request_json(self) -> str | None:
         if not self.exchanges:
@@ -223,7 +244,7 @@ class HttpClient:
                 response = await self.request(request)
             except EgressRefused as refused:
                 transcript.add(request, None, str(refused))
-                return Outcome.failed(str(refused))
+                return transcript.redacted(Outcome.failed(str(refused)))
             except TimeoutError:
                 transcript.add(request, None, f"no answer within {request.timeout_s:g} s")
                 return Outcome.retry(
@@ -233,12 +254,13 @@ class HttpClient:
             except aiohttp.ClientError as exc:
                 message = _transport_error(exc)
                 transcript.add(request, None, message)
-                return Outcome.retry(scrub(f"{message}; will retry", transcript.secrets))
-            transcript.add(request, response, None)
-            outcome = classify(response)
-            if outcome.diagnosis:
-                outcome = _scrubbed(outcome, transcript.secrets)
-            return outcome
+                return transcript.redacted(Outcome.retry(f"{message}; will retry"))
+            response.secrets = transcript.secrets  # excerpts in diagnoses come out redacted
+            try:  # classified first: a token it reads is marked secret before it is recorded
+                outcome = classify(response)
+            finally:
+                transcript.add(request, response, None)
+            return transcript.redacted(outcome)
 
         return exchange
 
@@ -258,14 +280,3 @@ def _transport_error(exc: aiohttp.ClientError) -> str:
     if isinstance(exc, aiohttp.InvalidURL):
         return f"invalid URL {exc.url}"
     return f"HTTP error: {type(exc).__name__}: {exc}"
-
-
-def _scrubbed(outcome: Outcome, secrets: Iterable[str]) -> Outcome:
-    from dataclasses import replace
-
-    secrets = list(secrets)
-    return replace(
-        outcome,
-        diagnosis=scrub(outcome.diagnosis or "", secrets) or None,
-        vendor_message=scrub(outcome.vendor_message, secrets) if outcome.vendor_message else None,
-    )
