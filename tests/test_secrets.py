@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
+import sqlite3
+from pathlib import Path
 
 import httpx
 
+from msgpush.secretbox import SecretBox, load_or_create_key
 from tests.fakes.receiver import Receiver, Reply
 from tests.helpers import make_webhook, send, wait_delivery
 from tests.server import ServerProcess
@@ -116,3 +120,51 @@ def test_secret_edits_keep_merge_and_clear(
     # null clears a stored secret
     cleared = api.patch(f"/channels/{name}", json={"config": {"signing_secret": None}})
     assert "signing_secret" not in cleared.json()["config"]
+
+
+def test_url_credentials_kept_in_clear_by_an_older_version_are_sealed_on_start(
+    tmp_path: Path, receiver: Receiver, unique: str
+) -> None:
+    path = f"/old/{unique}"
+    key = "k-" + os.urandom(8).hex()
+    url = receiver.url(path) + f"?api_key={key}"
+    server = ServerProcess(tmp_path / "data").start()
+    try:
+        with server.client() as api:
+            channel_id = make_webhook(api, f"old-{unique}", url)["id"]
+    finally:
+        server.stop()
+    # what an older msgpush stored: the URL, credentials and all, with the plain settings
+    database = tmp_path / "data" / "msgpush.db"
+    box = SecretBox(load_or_create_key(tmp_path / "data", None))
+    with sqlite3.connect(database) as conn:
+        config, sealed = conn.execute(
+            "SELECT config, secrets FROM channels WHERE id = ?", (channel_id,)
+        ).fetchone()
+        plain, secret = json.loads(config), box.open(sealed)
+        plain["url"] = secret.pop("url")
+        conn.execute(
+            "UPDATE channels SET config = ?, secrets = ? WHERE id = ?",
+            (json.dumps(plain), box.seal(secret), channel_id),
+        )
+        (config,) = conn.execute(
+            "SELECT config FROM channels WHERE id = ?", (channel_id,)
+        ).fetchone()
+        assert key in config
+
+    server.start()
+    try:
+        with sqlite3.connect(database) as conn:
+            (config,) = conn.execute(
+                "SELECT config FROM channels WHERE id = ?", (channel_id,)
+            ).fetchone()
+        assert key not in config
+        assert "sealed URL credentials kept in clear by 1 older channels" in server.log()
+        with server.client() as api:
+            shown = api.get(f"/channels/{channel_id}").json()["config"]["url"]
+            assert key not in shown and "api_key=••••" in shown
+            assert api.post(f"/channels/{channel_id}/test").json()["ok"] is True
+        [arrived] = receiver.at(path)  # the Test Push, sent with the stored credential
+        assert arrived.path.endswith(f"?api_key={key}")
+    finally:
+        server.stop()

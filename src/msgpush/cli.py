@@ -10,7 +10,7 @@ import os
 import shutil
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -20,6 +20,8 @@ from msgpush.datadir import private_dir
 from msgpush.settings import Settings
 
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
     from msgpush.client import Client
 
 app = typer.Typer(help="msgpush: self-hosted message push service.", no_args_is_help=True)
@@ -190,21 +192,26 @@ def worker(data_dir: DataDir = None) -> None:
     uvloop.run(run())
 
 
-@db_app.command("upgrade")
-def db_upgrade(data_dir: DataDir = None) -> None:
-    """Apply database migrations (serve and worker also do this on start)."""
-    from msgpush.storage.db import make_engine, migrate
-
-    settings = _settings(data_dir)
+def _on_database(settings: Settings, work: Callable[[AsyncEngine], Awaitable[None]]) -> None:
+    """Run ``work`` on a database engine made for these settings, then let it go."""
+    from msgpush.storage.db import make_engine
 
     async def run() -> None:
         engine = make_engine(settings)
         try:
-            await migrate(engine)
+            await work(engine)
         finally:
             await engine.dispose()
 
     asyncio.run(run())
+
+
+@db_app.command("upgrade")
+def db_upgrade(data_dir: DataDir = None) -> None:
+    """Apply database migrations (serve and worker also do this on start)."""
+    from msgpush.storage.db import migrate
+
+    _on_database(_settings(data_dir), migrate)
     typer.echo("database is up to date", err=True)
 
 
@@ -216,19 +223,10 @@ def db_downgrade(
     """Undo migrations down to REVISION (stop every msgpush process first)."""
     from alembic.util import CommandError
 
-    from msgpush.storage.db import downgrade, make_engine
-
-    settings = _settings(data_dir)
-
-    async def run() -> None:
-        engine = make_engine(settings)
-        try:
-            await downgrade(engine, revision)
-        finally:
-            await engine.dispose()
+    from msgpush.storage.db import downgrade
 
     try:
-        asyncio.run(run())
+        _on_database(_settings(data_dir), lambda engine: downgrade(engine, revision))
     except CommandError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

@@ -76,6 +76,7 @@ class Runtime:
             self.engine.on_backlog = self.worker_processes.scale_up
         retention_s = settings.retention_s()
         self.retention = Retention(self.db, retention_s) if housekeeping and retention_s else None
+        self._housekeeper = housekeeping
         self._stopping = asyncio.Event()
         self._housekeeping: list[asyncio.Task[None]] = []
 
@@ -84,6 +85,10 @@ class Runtime:
         await self.http.start()
         if self.engine is not None:
             self.engine.start()
+        if self._housekeeper:  # serve only
+            sealed = await self.channels.seal_plain_credentials()
+            if sealed:
+                log.warning("sealed URL credentials kept in clear by %d older channels", sealed)
         if self.retention is not None:
             self._housekeeping.append(
                 asyncio.create_task(self.retention.run(self._stopping), name="msgpush-retention")

@@ -146,3 +146,42 @@ def test_success_codes_decide_delivery(api: httpx.Client, receiver: Receiver, un
     assert final["status"] == "failed"
     assert "success_codes" in final["error"]
     assert len(receiver.at(path)) == 1
+
+
+@pytest.mark.parametrize(
+    ("headers", "says"),
+    [
+        ({"X-Key": "值-" + "s3cret"}, "a character an HTTP header cannot carry"),
+        ({"X-Key": "abc\x7fdef"}, "a character an HTTP header cannot carry"),
+        ({"X-Key": "a\x00b"}, "NUL"),
+        ({"X Key": "v"}, "not a valid HTTP header name"),
+        ({"X-Kéy": "v"}, "not a valid HTTP header name"),
+        ({"Content-Length": "5"}, "set by msgpush"),
+    ],
+)
+def test_header_values_a_request_cannot_carry_are_refused_at_save(
+    api: httpx.Client, receiver: Receiver, unique: str, headers: dict[str, str], says: str
+) -> None:
+    answer = api.post(
+        "/channels",
+        json={
+            "name": f"hdr-{unique}",
+            "type": "webhook",
+            "config": {"url": receiver.url("/hdr"), "headers": headers},
+        },
+    )
+    assert answer.status_code == 422, answer.text
+    error = answer.json()["error"]
+    assert error["field"].startswith("config.headers"), error
+    assert says in error["message"], error
+    assert "s3cret" not in answer.text
+
+
+def test_latin1_header_values_are_accepted(
+    api: httpx.Client, receiver: Receiver, unique: str
+) -> None:
+    path = f"/latin/{unique}"
+    make_webhook(api, f"latin-{unique}", receiver.url(path), headers={"X-Name": "café\tau lait"})
+    send(api, [f"latin-{unique}"])
+    [arrived] = receiver.wait_for(path, 1)
+    assert arrived.headers["X-Name"].encode("latin-1") == "café\tau lait".encode("latin-1")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import ssl
 import time
 from typing import Annotated, Any, Literal
@@ -29,6 +30,12 @@ from msgpush.templating import BODY_OUTPUT_CHARS, TemplateError, compile_templat
 SIGNING_KEY_MIN_BYTES = 24
 SIGNING_KEY_MAX_BYTES = 64
 RESERVED_HEADERS = {"webhook-id", "webhook-timestamp", "webhook-signature", "content-length"}
+
+
+# RFC 9110 §5.1 and §5.5: a name is a token; a value is visible characters, spaces and tabs, and
+# the obsolete Latin-1 range that HTTP libraries still encode
+HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+HEADER_VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
 
 
 class WebhookSettings(ChannelSettings):
@@ -158,12 +165,17 @@ class WebhookSettings(ChannelSettings):
     @classmethod
     def _headers(cls, value: dict[str, str]) -> dict[str, str]:
         for name, header_value in value.items():
-            if not name or any(c in name for c in " :\r\n\t") or not name.isascii():
+            if not HEADER_NAME.fullmatch(name):
                 raise ValueError(f"header name {name!r} is not a valid HTTP header name")
             if name.lower() in RESERVED_HEADERS:
                 raise ValueError(f"header {name!r} is set by msgpush and cannot be overridden")
             if "\r" in header_value or "\n" in header_value:
                 raise ValueError(f"header {name!r} contains a line break")
+            if not HEADER_VALUE.fullmatch(header_value):  # the value may be a secret: not shown
+                raise ValueError(
+                    f"header {name!r} contains a character an HTTP header cannot carry (a "
+                    "control character, or a letter beyond Latin-1); use plain ASCII text"
+                )
         return value
 
     @field_validator("signing_secret")
