@@ -100,3 +100,12 @@ def test_the_cli_creates_a_private_data_dir(tmp_path: Path, permissive_umask: No
     assert _mode(data) == 0o700
     assert _mode(data / "msgpush.db") == 0o600
     assert _mode(data / "secret.key") == 0o600
+
+
+def test_parents_made_on_the_way_are_private_too(tmp_path: Path, permissive_umask: None) -> None:
+    # serve makes data/metrics first: the data directory is made as its parent
+    (tmp_path / "existing").mkdir(mode=0o755)
+    private_dir(tmp_path / "existing" / "data" / "metrics")
+    assert _mode(tmp_path / "existing") == 0o755  # there before: left as it was
+    assert _mode(tmp_path / "existing" / "data") == 0o700
+    assert _mode(tmp_path / "existing" / "data" / "metrics") == 0o700

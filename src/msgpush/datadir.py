@@ -25,11 +25,17 @@ DATA_FILES = ("secret.key", "token-fetch.lock")
 
 
 def private_dir(path: Path) -> Path:
-    """Create ``path`` (and its parents) if missing, the directory itself 0700. An existing
-    directory keeps its mode: it may be one the operator chose, such as a volume mount."""
-    if not path.is_dir():
-        path.mkdir(parents=True, exist_ok=True)
-        os.chmod(path, PRIVATE_DIR)
+    """Create ``path`` (and its missing parents) if missing, each directory created 0700 (a
+    data directory made as the parent of ``metrics/`` is private too). An existing directory
+    keeps its mode: it may be one the operator chose, such as a volume mount."""
+    missing = []
+    for directory in (path, *path.parents):
+        if directory.is_dir():
+            break
+        missing.append(directory)
+    for directory in reversed(missing):
+        directory.mkdir(exist_ok=True)
+        os.chmod(directory, PRIVATE_DIR)
     return path
 
 
