@@ -123,15 +123,15 @@ class TokenFetchFailed(Exception):
         self.outcome = outcome
 
 
-# WeCom (vendors.md §1.1), Feishu (§3.1) and DingTalk (§5.1) tokens live 7200 s; assumed when an
+# WeCom, Feishu and DingTalk tokens live 7200 s (docs/vendors/README.md); assumed when an
 # answer omits the lifetime, as wechatpy, apprise and the Feishu SDK do.
 DEFAULT_TOKEN_LIFETIME_S = 7200.0
 
 
 def token_lifetime_s(value: Any) -> float:
     """A token answer's lifetime in seconds (a number or a numeric string); a missing, zero or
-    odd value means the vendors' documented 7200 s, never 0 (peers.md D1: a misread lifetime
-    refetches the token for every message)."""
+    odd value means the vendors' documented 7200 s, never 0 (a misread lifetime would refetch
+    the token for every message)."""
     if isinstance(value, bool):
         return DEFAULT_TOKEN_LIFETIME_S
     try:
@@ -164,7 +164,7 @@ def token_in_answer(
     missing: str,
 ) -> tuple[Outcome, FetchedToken | None]:
     """The token an accepted token answer carries, or a failure saying ``missing``: an answer
-    that says success without a token is never taken as one (peers.md D12)."""
+    that says success without a token is never taken as one."""
     if outcome.kind != "delivered":
         return outcome, None
     body = response.json()

@@ -43,36 +43,38 @@ from msgpush.delivery.tokens import token_key
 from msgpush.message import Format, Message
 
 TYPE_ID = "dingtalk_app"
-# vendors.md §0 and §5: the new API (v1.0, camelCase, HTTP 4xx errors) and the old API (errcode)
-# live on two hosts; a proxy or test double may stand in for both at one address
+# docs/vendors/dingtalk.md#two-apis: the new API (v1.0, camelCase, HTTP 4xx errors) and the old API
+# (errcode) live on two hosts; a proxy or test double may stand in for both at one address
 OFFICIAL_API_BASE = "https://api.dingtalk.com"
 OFFICIAL_OAPI_BASE = "https://oapi.dingtalk.com"
-# vendors.md §5.1: the new token endpoint, and the old one kept as a fallback
+# docs/vendors/dingtalk.md#access-token: the new token endpoint, and the old one kept as a fallback
 TOKEN_PATH = "/v1.0/oauth2/accessToken"
 GETTOKEN_PATH = "/gettoken"
-# vendors.md §5.2
+# docs/vendors/dingtalk.md#work-notification
 NOTICE_PATH = "/topapi/message/corpconversation/asyncsend_v2"
-# vendors.md §5.3
+# docs/vendors/dingtalk.md#robot-messages
 BATCH_SEND_PATH = "/v1.0/robot/oToMessages/batchSend"
 GROUP_SEND_PATH = "/v1.0/robot/groupMessages/send"
 TOKEN_HEADER = "x-acs-dingtalk-access-token"
-# vendors.md §5.2 body table: userid_list ≤ 100, dept_id_list ≤ 20 per call
+# docs/vendors/dingtalk.md#work-notification: userid_list ≤ 100, dept_id_list ≤ 20 per call
 NOTICE_MAX_USERS = 100
 NOTICE_MAX_DEPTS = 20
-# vendors.md §5.3: the doc text allows 20 userIds per call (its own error text says 100; 20 is safe)
+# docs/vendors/dingtalk.md#robot-messages: 20 userIds per call (the page's error text says 100; 20
+# is safe)
 ROBOT_MAX_USERS = 20
-# vendors.md §5.2: msg ≤ 2048 bytes (another page allows 5000 characters of markdown; the byte
-# cap is the one that cannot be exceeded by following the other)
+# docs/vendors/dingtalk.md#work-notification: msg ≤ 2048 bytes (another page allows 5000 characters
+# of markdown; the byte cap is the one that cannot be exceeded by following the other)
 NOTICE_MSG_BYTES = 2048
-# vendors.md §5.3: msgParam ≤ 15000 bytes (stated for groups, applied to batchSend too)
+# docs/vendors/dingtalk.md#robot-messages: msgParam ≤ 15000 bytes (stated for groups, applied to
+# batchSend too)
 ROBOT_PARAM_BYTES = 15_000
-# vendors.md §5.3 msgKeys: one button, or 2 to 5 numbered buttons
+# docs/vendors/dingtalk.md#robot-messages msgKeys: one button, or 2 to 5 numbered buttons
 ROBOT_MAX_BUTTONS = 5
 # DingTalk doc "how to process API throttling": 20 calls a second per app and API. A delivery may
 # make several calls to one API (split lists), so msgpush keeps each channel at half of that.
 PER_SECOND = 10
-# vendors.md §5.2 "Silent limits": at most 5000 recipients a minute get work notifications; one
-# call names up to 100 users, so 50 calls a minute can reach it
+# docs/vendors/dingtalk.md#work-notification: at most 5000 recipients a minute get work
+# notifications; one call names up to 100 users, so 50 calls a minute can reach it
 PER_MINUTE = 50
 # DingTalk doc "how to process API throttling": QPS throttles last one second
 QPS_WAIT_S = 1.0
@@ -91,7 +93,7 @@ PERMISSIONS_PAGE = f"{CONSOLE} > Development Config > Permission Management (开
 IP_PAGE = f"{CONSOLE} > Development Config > Security Settings (开发配置 > 安全设置) > Server egress IP (服务器出口IP)"
 ROBOT_PAGE = f"{CONSOLE} > App Capabilities > Robot (应用能力 > 机器人)"
 RELEASE_PAGE = f"{CONSOLE} > Version Management and Release (版本管理与发布)"
-# the permission each API requires (vendors.md §5 sources: 0769 and 0714/0716 "权限要求")
+# the permission each API requires (docs/vendors/dingtalk.md#robot-messages, each page's "权限要求")
 ROBOT_PERMISSION = "qyapi_robot_sendmsg"
 NOTICE_PERMISSION = "qyapi_base"
 PERMISSION_NAMES = {
@@ -465,8 +467,9 @@ def _who(users: Sequence[str], depts: Sequence[str]) -> str:
 
 def sent_line(created_at_ms: int) -> str:
     """The last line of a work notification. DingTalk silently drops the same content sent to
-    the same user twice in a day (vendors.md §5.2), so each message's own time keeps two equal
-    messages apart, while a retry of one message stays equal and is not shown twice."""
+    the same user twice in a day (docs/vendors/dingtalk.md#work-notification), so each
+    message's own time keeps two equal messages apart, while a retry of one message stays equal
+    and is not shown twice."""
     moment = datetime.fromtimestamp(created_at_ms / 1000, UTC)
     return f"msgpush · {moment:%Y-%m-%d %H:%M:%S} UTC"
 
@@ -661,8 +664,8 @@ CONTENT_BLOCKED = VendorCode(
     "DingTalk's content check blocked the message ({message}): change its text or links and resend",
 )
 
-# the old API (oapi): HTTP 200 with errcode (vendors.md §5.1, §5.2; DingTalk global error codes
-# and "how to process API throttling" for 90018 and 90020; 33012/60003/60121 as the SDKs map them)
+# the old API (oapi): HTTP 200 with errcode (docs/vendors/dingtalk.md#error-codes; 33012/60003/60121
+# as the SDKs map them)
 OAPI_ERRORS: dict[int | str, VendorCode] = {
     -1: BUSY,
     40014: TOKEN_INVALID,
@@ -691,7 +694,8 @@ OAPI_ERRORS: dict[int | str, VendorCode] = {
     33012: UNKNOWN_USER,
     60121: UNKNOWN_USER,
     60003: UNKNOWN_DEPT,
-    # vendors.md §5.2: flow-control codes of getsendresult, should a deployment answer them
+    # docs/vendors/dingtalk.md#work-notification: flow-control codes of getsendresult, should a
+    # deployment answer them
     143105: VendorCode(
         "failed",
         "the recipient reached the app's daily work-notification cap of 500 ({message}); "
@@ -705,7 +709,7 @@ OAPI_ERRORS: dict[int | str, VendorCode] = {
 }
 
 # the new API (api.dingtalk.com/v1.0): HTTP 4xx/5xx with {code, message, requestid}
-# (vendors.md §5.1, §5.3; the endpoints' error tables in DingTalk docs 0714 and 0716)
+# (docs/vendors/dingtalk.md#error-codes)
 API_ERRORS: dict[int | str, VendorCode] = {
     "invalidClientIdOrSecret": BAD_CREDENTIALS,
     "invalid.client": BAD_CREDENTIALS,
@@ -859,7 +863,7 @@ class Call:
 
 def classify_oapi(response: VendorResponse, call: Call) -> Outcome:
     """The old API answers HTTP 200 with errcode for errors too: classify on the code, and on
-    sub_code when errcode is 88 (vendors.md §5.2)."""
+    sub_code when errcode is 88 (docs/vendors/dingtalk.md#two-apis)."""
     data = response.json()
     raw = data.get("errcode") if isinstance(data, dict) else None
     if raw is None or not isinstance(data, dict):
@@ -1175,7 +1179,8 @@ class DingTalkAppChannel(ChannelType):
         robot: dict[str, Any] = {
             "robotCode": settings.robot_code,
             "msgKey": msg_key,
-            # DingTalk wants msgParam as a JSON string inside the JSON body (vendors.md §5.3)
+            # DingTalk wants msgParam as a JSON string inside the JSON body
+            # (docs/vendors/dingtalk.md#robot-messages)
             "msgParam": orjson.dumps(param).decode(),
         }
         if part.kind == "oto":

@@ -35,27 +35,31 @@ from msgpush.channels.signing import hmac_sha256_b64
 from msgpush.ids import now_ms
 from msgpush.message import Format, Link, Mentions, Message
 
-# vendors.md §6: the webhook every robot is given; other hosts are private deployments or proxies
+# docs/vendors/dingtalk.md#custom-robot: the webhook every robot is given; other hosts are
+# deployments or proxies
 OFFICIAL_HOST = "oapi.dingtalk.com"
 SEND_PATH = "/robot/send"
-# vendors.md §6 "Rate limit": 20 messages a minute per robot, then the robot is throttled 10 minutes
+# docs/vendors/dingtalk.md#rate-limits: 20 messages a minute per robot, then the robot is throttled
+# 10 minutes
 PER_MINUTE = 20
 THROTTLE_S = 600.0
-# vendors.md §6 responses, 460101 "message too long, exceed 20000 bytes"
+# docs/vendors/dingtalk.md#custom-robot: 460101 "message too long, exceed 20000 bytes"
 BODY_LIMIT_BYTES = 20_000
 # ours: the cap rests on one observed log, so bodies stay a little under it
 BODY_MARGIN_BYTES = 100
-# vendors.md §6 "@ rules": at most 50 @ targets per message
+# docs/vendors/dingtalk.md#custom-robot: at most 50 @ targets per message
 MAX_MENTIONS = 50
-# vendors.md §6 "Security": at most 10 keywords per robot
+# docs/vendors/dingtalk.md#custom-robot: at most 10 keywords per robot
 MAX_KEYWORDS = 10
-# vendors.md §6 responses: all security failures share this code; errmsg says which check failed
+# docs/vendors/dingtalk.md#robot-error-codes: all security failures share this code; errmsg says
+# which failed
 SECURITY_CODE = 310000
 JSON_HEADERS = {"Content-Type": "application/json; charset=utf-8"}
 
 WHERE_ROBOT = "the group's Group Settings (群设置) > Bots (机器人) > the robot"
 
-# vendors.md §6: 410100 (doc), 130101 and 660026 (observed) all mean the robot is throttled
+# docs/vendors/dingtalk.md#robot-error-codes: 410100 (doc), 130101 and 660026 (observed): the robot
+# is throttled
 THROTTLED = VendorCode(
     "retry",
     "DingTalk throttled the robot ({message}): more than 20 messages reached it within a minute, "
@@ -64,14 +68,16 @@ THROTTLED = VendorCode(
     "after the 10 minutes",
     retry_after_s=THROTTLE_S,
 )
-# vendors.md §6: 300005 (live) and 400101 (doc) both mean the access_token is unknown
+# docs/vendors/dingtalk.md#robot-error-codes: 300005 (live) and 400101 (doc) both mean an unknown
+# access_token
 UNKNOWN_TOKEN = VendorCode(
     "failed",
     "DingTalk does not know the access_token in webhook_url ({message}): the robot was removed "
     f"or the URL was copied incompletely; copy the Webhook again from {WHERE_ROBOT} and update "
     "webhook_url",
 )
-# vendors.md §6 response table (every code but 0 and 310000, which are read separately)
+# docs/vendors/dingtalk.md#robot-error-codes (every code but 0 and 310000, which are read
+# separately)
 ERRORS: dict[int | str, VendorCode] = {
     300005: UNKNOWN_TOKEN,
     400101: UNKNOWN_TOKEN,
@@ -141,7 +147,8 @@ ERRORS: dict[int | str, VendorCode] = {
 }
 
 SECURITY = "Security Settings (安全设置)"
-# 310000, by which security check failed (vendors.md §6 and the errmsg variants users reported)
+# 310000, by which security check failed (docs/vendors/dingtalk.md#robot-error-codes, and errmsg
+# variants users saw)
 SECURITY_ERRORS = {
     "keywords": VendorCode(
         "failed",
@@ -360,7 +367,7 @@ def compose(message: Message, settings: DingTalkBotSettings, msg_uuid: str) -> R
     else:
         kind = "markdown"
     keywords = settings.keywords
-    # an @ highlights only when the text carries it too (vendors.md §6 "@ rules")
+    # an @ highlights only when the text carries it too (docs/vendors/dingtalk.md#custom-robot)
     mention_line = " ".join(f"@{target}" for target in [*mobiles, *user_ids])
     at = {"atMobiles": mobiles, "atUserIds": user_ids, "isAtAll": at_all} if pings else None
     title = ensure_keyword(list_title(message), keywords)

@@ -83,7 +83,8 @@ def fit(encode: Callable[[str], bytes], text: str, budget: int) -> tuple[str, by
 
 def gateway_block(data: Any, status: int) -> Outcome | None:
     """DingTalk's gateway blocks a calling IP for a few minutes after too many calls from it
-    (vendors.md §5.3: more than 10,000 in 20 s): ``{"wait": 5, "punish": "deny"}``, no code."""
+    (more than 10,000 in 20 s, docs/vendors/dingtalk.md#rate-limits), answering
+    ``{"wait": 5, "punish": "deny"}`` with no code."""
     if not isinstance(data, dict) or not data.get("punish"):
         return None
     wait = data.get("wait")

@@ -36,23 +36,24 @@ from msgpush.channels.feishu_card import fit_card, unpingable
 from msgpush.channels.render import cut_bytes, text_body, utf8_len
 from msgpush.message import Format, Message
 
-# vendors.md §3: Feishu (China) and Lark (international) serve identical paths.
+# Feishu (China) and Lark (international) serve identical paths (docs/vendors/feishu.md#hosts).
 FEISHU_API_BASE = "https://open.feishu.cn"
 LARK_API_BASE = "https://open.larksuite.com"
 OFFICIAL_HOSTS = ("open.feishu.cn", "open.larksuite.com")
 API_PREFIX = "/open-apis"
-TOKEN_PATH = "/open-apis/auth/v3/tenant_access_token/internal"  # vendors.md §3.1
-SEND_PATH = "/open-apis/im/v1/messages"  # vendors.md §3.2
-# vendors.md §3.2 "Limits": 50 calls a second and 1000 a minute per app; 5 a second to one user,
-# and 5 a second to one group shared by every bot in it.
+# docs/vendors/feishu.md#access-token and #send-message
+TOKEN_PATH = "/open-apis/auth/v3/tenant_access_token/internal"
+SEND_PATH = "/open-apis/im/v1/messages"
+# docs/vendors/feishu.md#rate-limits: 50 calls a second and 1000 a minute per app; 5 a second to one
+# user, and 5 a second to one group shared by every bot in it.
 APP_PER_SECOND = 50
 APP_PER_MINUTE = 1000
 PER_RECIPIENT_PER_SECOND = 5
-# vendors.md §3.2 "Limits": text bodies ≤150 KB, card and post bodies ≤30 KB; read as 1000s of
-# bytes, the stricter reading, and applied to the whole request body.
+# docs/vendors/feishu.md#size-limits: text bodies ≤150 KB, card and post bodies ≤30 KB; read as
+# 1000s of bytes, the stricter reading, and applied to the whole request body.
 CARD_BODY_MAX_BYTES = 30_000
 TEXT_BODY_MAX_BYTES = 150_000
-# vendors.md §3.2 body table: uuid ≤50 characters; one uuid succeeds at most once an hour.
+# docs/vendors/feishu.md#send-message: uuid ≤50 characters; one uuid succeeds at most once an hour.
 UUID_MAX_CHARS = 50
 UUID_HASH_CHARS = 16
 # One request per recipient: a delivery to more ids than the app's per-second allowance would
@@ -65,7 +66,7 @@ RESET_MAX_S = 60.0
 REQUEST_TIMEOUT_S = 10.0
 TOKEN_STEP = "Credentials check failed (tenant_access_token): "
 SEND_STEP = "Sending failed: "
-# vendors.md §3.2 error table: 230001's msg carries the detail after "ext=".
+# docs/vendors/feishu.md#error-codes: 230001's msg carries the detail after "ext=".
 EXT_DETAIL = re.compile(r"ext=(.*)$", re.DOTALL)
 # 99991672's msg lists the scopes and links to the console page that grants them (peers' logs:
 # "Access denied. One of the following scopes is required: [im:message:send, im:message, …]").
@@ -76,8 +77,8 @@ CJK = re.compile(r"[\u3000-\u303f\u4e00-\u9fff\uff00-\uffef]")
 SEND_SCOPE = "im:message:send_as_bot"
 
 ReceiveIdType = Literal["open_id", "user_id", "union_id", "email", "chat_id"]
-# vendors.md §3.2 receive_id: ou_… open_id, on_… union_id, oc_… chat_id; a user_id is whatever
-# the tenant's admin assigned, so it is what is left.
+# docs/vendors/feishu.md#send-message: ou_… open_id, on_… union_id, oc_… chat_id; a user_id is
+# whatever the tenant's admin assigned, so it is what is left.
 ID_PREFIXES: dict[str, ReceiveIdType] = {"ou_": "open_id", "on_": "union_id", "oc_": "chat_id"}
 BAD_ID = re.compile(r"[\s\"<>]")
 
@@ -91,7 +92,7 @@ AVAILABILITY_FIX = (
     "whose Availability (可用范围) includes them, and have the tenant admin approve it"
 )
 
-# tenant_access_token/internal (vendors.md §3.1)
+# tenant_access_token/internal (docs/vendors/feishu.md#error-codes)
 TOKEN_ERRORS: dict[int | str, VendorCode] = {
     10003: VendorCode(
         "failed",
@@ -106,7 +107,7 @@ TOKEN_ERRORS: dict[int | str, VendorCode] = {
         "stops working",
     ),
 }
-# im/v1/messages (vendors.md §3.2 error table)
+# im/v1/messages (docs/vendors/feishu.md#error-codes)
 SEND_ERRORS: dict[int | str, VendorCode] = {
     230001: VendorCode(
         "failed",
@@ -544,7 +545,8 @@ def _code(body: Any) -> int | None:
 
 
 def _reset_s(response: VendorResponse) -> float | None:
-    """x-ogw-ratelimit-reset: seconds until the app's window has room (vendors.md §3.2)."""
+    """x-ogw-ratelimit-reset: seconds until the app's window has room
+    (docs/vendors/feishu.md#rate-limits)."""
     value = response.headers.get("x-ogw-ratelimit-reset", "").strip()
     try:
         seconds = float(value)

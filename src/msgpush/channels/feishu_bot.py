@@ -27,25 +27,25 @@ from msgpush.channels.render import cut_bytes, ensure_keyword, text_body, utf8_l
 from msgpush.channels.signing import hmac_sha256_b64
 from msgpush.message import Format, Mentions, Message
 
-# vendors.md §4: Feishu and Lark hosts and the webhook path; other hosts are proxies or
-# private deployments and may use any path.
+# docs/vendors/feishu.md#custom-bot: Feishu and Lark hosts and the webhook path; other hosts are
+# proxies or private deployments and may use any path.
 FEISHU_HOSTS = ("open.feishu.cn", "open.larksuite.com")
 HOOK_PATH = "/open-apis/bot/v2/hook/"
-# vendors.md §4 "Limits": 5 requests a second and 100 a minute per bot.
+# docs/vendors/feishu.md#rate-limits: 5 requests a second and 100 a minute per bot.
 FEISHU_BOT_PER_SECOND = 5
 FEISHU_BOT_PER_MINUTE = 100
-# vendors.md §4 "Limits": body ≤20 KB (apprise keeps 19985); read as 20,000 bytes, the
+# docs/vendors/feishu.md#size-limits: body ≤20 KB (apprise keeps 19985); read as 20,000 bytes, the
 # stricter of 20,000 and 20,480.
 BODY_LIMIT_BYTES = 20_000
-# vendors.md §4 "Security": up to 10 keywords.
+# docs/vendors/feishu.md#custom-bot: up to 10 keywords.
 MAX_KEYWORDS = 10
 MAX_KEYWORD_CHARS = 100  # msgpush's own bound: Feishu documents none
-# vendors.md §4: 11232 is the per-bot frequency limit, whose longest window is a minute.
+# docs/vendors/feishu.md#bot-error-codes: 11232 is the per-bot frequency limit, whose longest window
+# is a minute.
 RATE_LIMITED_RETRY_S = 60.0
 REQUEST_TIMEOUT_S = 10.0
 
-# vendors.md §4 "Responses": every code Feishu's bot webhook answers with, plus 11246 and 19036
-# seen by peers (peers.md §6F, §6A).
+# docs/vendors/feishu.md#bot-error-codes: every code Feishu's bot webhook is known to answer with.
 ERRORS: dict[int | str, VendorCode] = {
     9499: VendorCode(
         "failed",
@@ -170,7 +170,8 @@ class FeishuBotSettings(ChannelSettings):
 
 def sign(secret: str, timestamp: int) -> str:
     """Feishu's signature: HMAC-SHA256 keyed with "timestamp\\nsecret" over nothing, in base64
-    (vendors.md §4; DingTalk keys with the secret and signs the string instead)."""
+    (docs/vendors/feishu.md#bot-signature; DingTalk keys with the secret and signs the string
+    instead)."""
     return hmac_sha256_b64(f"{timestamp}\n{secret}".encode(), b"")
 
 

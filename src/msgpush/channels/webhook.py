@@ -26,7 +26,8 @@ from msgpush.ids import iso, now_ms
 from msgpush.message import Message
 from msgpush.templating import BODY_OUTPUT_CHARS, TemplateError, compile_template, render_limited
 
-# Standard Webhooks: a secret is 24-64 random bytes (spec/standard-webhooks.md, "Signature scheme").
+# Standard Webhooks: a secret is 24-64 random bytes ("Signature scheme" of
+# https://github.com/standard-webhooks/standard-webhooks/blob/main/spec/standard-webhooks.md).
 SIGNING_KEY_MIN_BYTES = 24
 SIGNING_KEY_MAX_BYTES = 64
 RESERVED_HEADERS = {"webhook-id", "webhook-timestamp", "webhook-signature", "content-length"}
@@ -203,7 +204,7 @@ class WebhookSettings(ChannelSettings):
 
 
 def envelope(message: Message, ctx: SendContext) -> dict[str, Any]:
-    """The default JSON body (product spec §4)."""
+    """The default JSON body (README, "The webhook channel")."""
     return {
         "id": ctx.delivery_id,
         "message_id": ctx.message_id,

@@ -46,22 +46,23 @@ from msgpush.channels.wecom_common import (
 )
 from msgpush.message import Level, Message
 
-# The official API host; every path below hangs off it (vendors.md §1.1-§1.3).
+# The official API host; every path below hangs off it (docs/vendors/wecom.md).
 WECOM_API_BASE = "https://qyapi.weixin.qq.com"
 WECOM_HOST = "qyapi.weixin.qq.com"
 GETTOKEN_PATH = "/cgi-bin/gettoken"
 SEND_PATH = "/cgi-bin/message/send"
 APPCHAT_PATH = "/cgi-bin/appchat/send"
-# One message/send reaches at most 1000 users, 100 departments and 100 tags (vendors.md §1.2).
+# One message/send reaches at most 1000 users, 100 departments and 100 tags
+# (docs/vendors/wecom.md#app-message).
 MAX_USERS = 1000
 MAX_PARTIES = 100
 MAX_TAGS = 100
-# touser "@all" is everyone in the app's visible range; toparty/totag are then ignored (§1.2).
+# touser "@all" is everyone in the app's visible range; toparty/totag are then ignored.
 ALL = "@all"
-# markdown.content <= 2048 bytes for an app (the bot's 4096 does not apply) (vendors.md §1.2).
+# markdown.content <= 2048 bytes for an app, not the bot's 4096 (docs/vendors/wecom.md#size-limits).
 APP_MARKDOWN_MAX_BYTES = 2048
 # textcard: title <= 128 chars, description <= 512 chars, url <= 2048 bytes and required,
-# btntxt <= 4 chars (vendors.md §1.2).
+# btntxt <= 4 chars (docs/vendors/wecom.md#size-limits).
 TEXTCARD_TITLE_MAX_CHARS = 128
 TEXTCARD_DESCRIPTION_MAX_CHARS = 512
 TEXTCARD_URL_MAX_BYTES = 2048
@@ -70,19 +71,20 @@ TEXTCARD_BUTTON_MAX_CHARS = 4
 CARD_LINE_MAX_CHARS = 120
 CARD_CONTENT_MIN_CHARS = 80
 # enable_duplicate_check: an identical request body within the interval is not delivered again;
-# default 1800 s, at most 4 h (vendors.md §1.2).
+# default 1800 s, at most 4 h (docs/vendors/wecom.md#app-message).
 DUPLICATE_CHECK_DEFAULT_S = 1800
 DUPLICATE_CHECK_MAX_S = 14_400
 # Per app and member: 30 messages a minute and 1000 an hour; beyond them WeCom drops messages
-# silently (the call still succeeds), so the channel must stay under both (vendors.md §1.2).
+# silently (the call still succeeds), so the channel must stay under both
+# (docs/vendors/wecom.md#rate-limits).
 WECOM_APP_PER_MEMBER_PER_MINUTE = 30
 WECOM_APP_PER_MEMBER_PER_HOUR = 1000
-# appchat chatid: up to 32 letters and digits (vendors.md §1.3).
+# appchat chatid: up to 32 letters and digits (docs/vendors/wecom.md#size-limits).
 CHAT_ID = re.compile(r"[0-9A-Za-z]{1,32}")
 PARTY_OR_TAG_ID = re.compile(r"[0-9]{1,20}")
 # What breaks the "a|b|c" recipient lists on the wire.
 BAD_ID_CHARS = re.compile(r"[\s|]")
-# "…, from ip: 218.72.126.124, more info at …" (vendors.md §0)
+# "…, from ip: 218.72.126.124, more info at …" (docs/vendors/wecom.md#answers)
 FROM_IP = re.compile(r"from ip:\s*([0-9A-Fa-f.:]+[0-9A-Fa-f])")
 
 Api = Literal["message/send", "appchat/send"]
@@ -110,7 +112,7 @@ RETRYABLE: dict[int | str, VendorCode] = {
         "retry", "WeCom refused too many concurrent calls to this API ({message}); will retry"
     ),
 }
-# gettoken (vendors.md §1.1)
+# gettoken (docs/vendors/wecom.md#error-codes)
 TOKEN_ERRORS: dict[int | str, VendorCode] = {
     40013: VendorCode(
         "failed",
@@ -141,7 +143,7 @@ TOKEN_ERRORS: dict[int | str, VendorCode] = {
     60020: VendorCode("failed", TRUSTED_IP_FIX),
     **RETRYABLE,
 }
-# message/send and appchat/send (vendors.md §1.2, §1.3)
+# message/send and appchat/send (docs/vendors/wecom.md#error-codes)
 SEND_ERRORS: dict[int | str, VendorCode] = {
     40014: VendorCode(
         "refresh_token",
@@ -236,7 +238,7 @@ CHAT_FIX = (
     "app created itself with appchat/create (a chatid of up to 32 letters and digits), not "
     "ordinary groups; for those, use a group bot (wecom_bot)"
 )
-# appchat/send (vendors.md §1.3)
+# appchat/send (docs/vendors/wecom.md#group-chat)
 CHAT_ERRORS: dict[int | str, VendorCode] = {
     86003: VendorCode("failed", CHAT_FIX),
     86001: VendorCode("failed", CHAT_FIX),
@@ -662,7 +664,8 @@ class Rejected:
     def add(self, body: Any, part: Part) -> None:
         if not isinstance(body, dict):
             return
-        # user ids come back lower-cased (vendors.md §1.2): name them as the caller wrote them
+        # user ids come back lower-cased (docs/vendors/wecom.md#app-message): name them as the
+        # caller wrote them
         spelled = {user.lower(): user for user in part.users}
         for name, into, users in (
             ("invaliduser", self.users, True),
@@ -740,7 +743,7 @@ def read_answer(
     settings: WeComAppSettings,
     **names: Any,
 ) -> Outcome:
-    """Classify one WeCom answer on its errcode (always HTTP 200, vendors.md §0)."""
+    """Classify one WeCom answer on its errcode (always HTTP 200, docs/vendors/wecom.md#answers)."""
     body = response.json()
     code = errcode(body)
     if code is None:

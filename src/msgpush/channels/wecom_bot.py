@@ -36,24 +36,26 @@ from msgpush.channels.wecom_common import (
 from msgpush.channels.wecom_common import errcode as _errcode
 from msgpush.message import Message
 
-# The official endpoint; the key in its query string is the bot's only credential (vendors.md §2).
+# The official endpoint; the key in its query string is the bot's only credential
+# (docs/vendors/wecom.md#group-bot).
 WECOM_HOST = "qyapi.weixin.qq.com"
 WECOM_BOT_PATH = "/cgi-bin/webhook/send"
 WECOM_BOT_URL = f"https://{WECOM_HOST}{WECOM_BOT_PATH}"
-# A bare key as the bot page shows it inside the URL: UUID-like (vendors.md §2), so a stray word
-# is not mistaken for one.
+# A bare key as the bot page shows it inside the URL: UUID-like (docs/vendors/wecom.md#group-bot),
+# so a stray word is not mistaken for one.
 BARE_KEY = re.compile(r"(?=.{16,128}$)[A-Za-z0-9]+(?:-[A-Za-z0-9]+){3,}")
 
-# 20 messages a minute per bot; over it WeCom answers 45009 (vendors.md §2, "Rate limit").
+# 20 messages a minute per bot; over it WeCom answers 45009 (docs/vendors/wecom.md#rate-limits).
 WECOM_BOT_PER_MINUTE = 20
-# markdown.content and markdown_v2.content <= 4096 bytes (vendors.md §2, "Size limits").
+# markdown.content and markdown_v2.content <= 4096 bytes (docs/vendors/wecom.md#size-limits).
 MARKDOWN_MAX_BYTES = 4096
 # A user id that can sit inside <@...> without ending the tag early.
 MENTIONABLE_ID = re.compile(r"[^\s<>]+")
 # Beyond this, <@id> tags would crowd out the message: such mentions go in a text message.
 MENTION_LINE_MAX_BYTES = 1024
 
-# vendors.md §2 "Responses" table, plus the §1.2 codes a bot can also draw (45002, -1).
+# docs/vendors/wecom.md#error-codes: the bot's codes, plus the app's a bot can also draw (45002,
+# -1).
 ERRORS: dict[int | str, VendorCode] = {
     93000: VendorCode(
         "failed",

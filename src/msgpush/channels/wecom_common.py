@@ -10,13 +10,13 @@ from typing import Any, Literal
 from msgpush.channels.render import LEVEL_LABELS, TRUNCATION_MARKER, cut_bytes, utf8_len
 from msgpush.message import Level, Message
 
-# text.content <= 2048 bytes for app messages (vendors.md §1.2) and bot messages (§2; a bot
-# server was seen enforcing 5120: the documented limit is the safe one).
+# text.content <= 2048 bytes for app and bot messages (a bot server was seen enforcing 5120:
+# the documented limit is the safe one; docs/vendors/wecom.md#size-limits).
 TEXT_MAX_BYTES = 2048
-# A per-minute block clears after one minute (vendors.md §1.2, "Rate limits").
+# A per-minute block clears after one minute (docs/vendors/wecom.md#rate-limits).
 WECOM_RATE_WINDOW_S = 60.0
 # markdown (v1) knows three colours: info (green), comment (grey), warning (orange-red)
-# (vendors.md §2, payload example; WeCom doc 91770).
+# (docs/vendors/wecom.md#group-bot).
 LEVEL_COLORS = {
     Level.info: "comment",
     Level.success: "info",
@@ -24,7 +24,8 @@ LEVEL_COLORS = {
     Level.error: "warning",
     Level.critical: "warning",
 }
-# Every errmsg may end in ", hint: [...], from ip: ..., more info at ..." (vendors.md §0).
+# Every errmsg may end in ", hint: [...], from ip: ..., more info at ..."
+# (docs/vendors/wecom.md#answers).
 ERRMSG_SUFFIX = re.compile(r"[\s,]*(?:hint: ?\[|from ip:|more info at ).*$", re.DOTALL)
 ERROR_LOOKUP_URL = "https://open.work.weixin.qq.com/devtool/query?e={code}"
 
@@ -40,7 +41,7 @@ LINE_BREAKS = re.compile(r"\s*[\r\n]+\s*")
 MD_LINK = re.compile(r"\[([^\]\n]*)\]\(([^)\s]*)\)")
 MD_FONT = re.compile(r"</?font\b[^>]*>", re.IGNORECASE)
 MD_HEADING = re.compile(r"^#{1,6}\s+", re.MULTILINE)
-# <@userid> pings in text and markdown alike (vendors.md §2, "Mentions"); only the caller's
+# <@userid> pings in text and markdown alike (docs/vendors/wecom.md#group-bot); only the caller's
 # content and msgpush's own mention line may carry it, never a title or a field.
 MENTION_TAG = "<@"
 
@@ -99,7 +100,7 @@ def markdown_content(
     message: Message, version: MarkdownVersion, mention_ids: list[str], limit: int
 ) -> str:
     """Title, coloured level, content, fields and links as WeCom markdown within ``limit``
-    bytes (the bot allows 4096, an app 2048: vendors.md §1.2, §2)."""
+    bytes (the bot allows 4096, an app 2048: docs/vendors/wecom.md#size-limits)."""
     head: list[str] = []
     if message.title:
         head.append(f"### {escape_plain(message.title)}")

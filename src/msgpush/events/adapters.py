@@ -1,10 +1,14 @@
 """Inbound adapters: what Prometheus Alertmanager and Grafana already send, as ``alert.*`` events.
 
-- Alertmanager's webhook (payload version 4, vendors.md §7.3): one event per alert, firing or
-  resolved, with its labels and annotations kept.
-- Grafana's webhook contact point (vendors.md §7.4): unified alerting sends the Alertmanager shape
-  plus ``values``, ``silenceURL``, ``dashboardURL`` and ``panelURL`` per alert; legacy (pre-8)
+- Alertmanager's webhook (payload version 4): one event per alert, firing or resolved, with its
+  labels and annotations kept.
+- Grafana's webhook contact point: unified alerting sends the Alertmanager shape plus
+  ``values``, ``silenceURL``, ``dashboardURL`` and ``panelURL`` per alert; legacy (pre-8)
   alerting sends one flat body with ``evalMatches``, one event per match.
+
+The payloads as the tools document them:
+https://prometheus.io/docs/alerting/latest/configuration/#webhook_config and
+https://grafana.com/docs/grafana/latest/alerting/configure-notifications/manage-contact-points/integrations/webhook-notifier/
 
 Both tools send a group's every alert again whenever the group changes, and again on each repeat
 interval: each alert's event carries an idempotency key made of its fingerprint, status and
