@@ -213,7 +213,7 @@ def test_a_missing_keyword_is_added_to_the_title_and_a_present_one_is_not() -> N
 
 
 def test_peer_sign_algorithm_is_feishus_not_dingtalks() -> None:
-    """peers.md §6C: implementations reuse DingTalk's HMAC (key = secret, data = ts\\nsecret)."""
+    """Some clients sign for Feishu with DingTalk's HMAC (key = secret, data = ts\\nsecret); not us."""
     timestamp = 1599360473
     ours = sign("demo-secret", timestamp)
     assert ours == feishu_sign("demo-secret", str(timestamp))
@@ -279,7 +279,7 @@ def test_signature_and_keyword_diagnoses_say_what_to_fix() -> None:
 
 
 def test_peer_http_200_with_an_error_code_is_not_success() -> None:
-    """peers.md D2/D3/D14: Grafana, Nightingale and Apprise count any HTTP 200 as delivered."""
+    """Grafana, Nightingale and Apprise count any HTTP 200 as delivered; msgpush does not."""
     outcome = classify({"code": 19024, "msg": "Key Words Not Found"}, status=200)
     assert outcome.kind == "failed" and outcome.status_code == 200
     assert classify(b"ok", status=200).kind == "failed"  # not Feishu's answer at all
@@ -504,7 +504,7 @@ def test_peer_9499_too_many_request_is_not_logged_as_success(
 def test_peer_http_200_error_is_recorded_as_failed_not_delivered(
     api: httpx.Client, feishu: FeishuFake, bot: Any, unique: str
 ) -> None:
-    """peers.md D2/D3/D14: a bot answering HTTP 200 with code != 0 delivered nothing."""
+    """A bot answering HTTP 200 with code != 0 delivered nothing."""
     token, url = bot()
     feishu.fail_next(token, 19024, "Key Words Not Found")
     final = _fail_once(api, f"fs-200-{unique}", url, "19024")
@@ -515,7 +515,7 @@ def test_peer_http_200_error_is_recorded_as_failed_not_delivered(
 def test_peer_dingtalk_style_signature_is_refused_and_ours_accepted(
     api: httpx.Client, feishu: FeishuFake, bot: Any, unique: str
 ) -> None:
-    """peers.md §6C: dsh-notifier#8, dynamic-tp#412 signed Feishu the DingTalk way -> 19021."""
+    """dsh-notifier#8, dynamic-tp#412 signed Feishu the DingTalk way -> 19021."""
     token, url = bot(secret=SECRET)
     timestamp = str(int(time.time()))
     body = {"msg_type": "text", "content": {"text": "x"}, "timestamp": timestamp}

@@ -1,9 +1,10 @@
-"""A strict fake of DingTalk's custom robot webhook (vendors.md §6): tokens, 加签, keywords, IP
-allowlist, payload shape per msgtype, the 20,000-byte cap, the 20-a-minute throttle, msgUuid.
+"""A strict fake of DingTalk's custom robot webhook (docs/vendors/dingtalk.md#custom-robot): tokens,
+加签, keywords, IP allowlist, payload shape per msgtype, the 20,000-byte cap, the 20-a-minute
+throttle, msgUuid.
 
 Like DingTalk, it answers HTTP 200 with ``errcode``/``errmsg`` for every outcome.
 
-FakeDingTalkApp (below) fakes the self-built app's open API (vendors.md §5).
+FakeDingTalkApp (below) fakes the self-built app's open API (docs/vendors/dingtalk.md#two-apis).
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from tests.fakes.receiver import ThreadedServer
 PATH = "/robot/send"
 MAX_BODY_BYTES = 20_000
 SIGN_WINDOW_MS = 3_600_000
-# the errmsg DingTalk sends with each code (vendors.md §6 table), used by fail_next
+# the errmsg DingTalk sends with each code (docs/vendors/dingtalk.md#robot-error-codes), used by
+# fail_next
 MESSAGES = {
     -1: "系统繁忙",
     40035: "缺少参数 access_token",
@@ -262,7 +264,7 @@ def _posted(body: dict[str, Any], query: dict[str, str]) -> Posted:
     return Posted(body, query, time.time(), pinged, not_pinged)
 
 
-# -- the self-built app (vendors.md §5): tokens, work notifications, robot messages -------------
+# -- the self-built app (docs/vendors/dingtalk.md): tokens, work notifications, robot messages -
 
 APP_TOKEN_PATH = "/v1.0/oauth2/accessToken"
 APP_GETTOKEN_PATH = "/gettoken"
@@ -278,7 +280,8 @@ PERMISSION_TEXT = (
     "没有调用该接口的权限，接口权限申请参考：https://open.dingtalk.com/document/orgapp-server/"
     "add-api-permission"
 )
-# the old API's errmsg per errcode (vendors.md §5.1, §5.2; [unverified] where vendors.md has none)
+# the old API's errmsg per errcode (docs/vendors/dingtalk.md#error-codes; assumed where no source
+# gives one)
 APP_OAPI_MESSAGES = {
     -1: "系统繁忙",
     22: "无效的API路径",
@@ -293,7 +296,7 @@ APP_OAPI_MESSAGES = {
     90018: "调用频率超过限制",
     90020: "调用量超过限制",
 }
-# the new API's HTTP status and message per code (vendors.md §5.1, §5.3)
+# the new API's HTTP status and message per code (docs/vendors/dingtalk.md#error-codes)
 APP_API_MESSAGES: dict[str, tuple[int, str]] = {
     "invalidClientIdOrSecret": (400, "无效的clientId或者clientSecret"),
     "InvalidAuthentication": (400, "不合法的access_token"),
@@ -307,7 +310,7 @@ APP_API_MESSAGES: dict[str, tuple[int, str]] = {
     "server.error": (500, "server error"),
     "unknownError": (500, "unknownError"),
 }
-# msgKey -> the msgParam fields it needs (vendors.md §5.3)
+# msgKey -> the msgParam fields it needs (docs/vendors/dingtalk.md#robot-messages)
 ROBOT_PARAMS: dict[str, tuple[str, ...]] = {
     "sampleText": ("content",),
     "sampleMarkdown": ("title", "text"),
@@ -325,7 +328,8 @@ ROBOT_PARAMS: dict[str, tuple[str, ...]] = {
     "sampleActionCard6": ("title", "text", "buttonTitle1", "buttonUrl1"),
     "sampleFile": ("mediaId", "fileName", "fileType"),
 }
-# msgtype -> the fields of msg[msgtype] it needs (vendors.md §5.2; snake_case for action_card)
+# msgtype -> the fields of msg[msgtype] it needs (docs/vendors/dingtalk.md#work-notification;
+# snake_case for action_card)
 NOTICE_SHAPES: dict[str, tuple[str, ...]] = {
     "text": ("content",),
     "image": ("media_id",),
@@ -528,7 +532,7 @@ class FakeDingTalkApp(ThreadedServer):
 
     def _issue(self, app: App) -> tuple[str, int]:
         """Within its lifetime the same token comes back, extended; afterwards a new one
-        (vendors.md §5.1 "Semantics")."""
+        (docs/vendors/dingtalk.md#access-token)."""
         now = time.monotonic()
         with self._state_lock:
             for token, issued in self.tokens.items():
@@ -660,7 +664,8 @@ class FakeDingTalkApp(ThreadedServer):
             return len(app.notices)
 
     def _notify(self, app: App, user: str, msg: dict[str, Any]) -> None:
-        """Deliver like DingTalk does, silently dropping what it would (vendors.md §5.2)."""
+        """Deliver like DingTalk does, silently dropping what it would
+        (docs/vendors/dingtalk.md#work-notification)."""
         seen = app.inbox.get(user, [])
         if user not in app.users:
             app.dropped.append((user, "unknown or outside the visible range"))

@@ -1,12 +1,13 @@
-"""A strict stand-in for the Feishu / Lark custom bot webhook (vendors.md §4), on 127.0.0.1.
+"""A strict stand-in for the Feishu / Lark custom bot webhook, on 127.0.0.1
+(docs/vendors/feishu.md#custom-bot).
 
 Like the real one it answers HTTP 200 to everything and carries the outcome in ``code``: an
 unknown token, a missing ``msg_type``, a bad signature or a timestamp outside ±1 hour, an IP
 outside the allowlist, a message without a keyword, too many sends (5 a second, 100 a minute
 per bot, sliding windows) and bodies over 20 KB are refused with Feishu's own answers.
 
-``FakeFeishuApp`` stands in for the open API a self-built app calls (vendors.md §3): tokens and
-im/v1/messages, with HTTP 400/429 errors as Feishu answers them.
+``FakeFeishuApp`` stands in for the open API a self-built app calls (docs/vendors/feishu.md):
+tokens and im/v1/messages, with HTTP 400/429 errors as Feishu answers them.
 """
 
 from __future__ import annotations
@@ -302,14 +303,14 @@ def _card_texts(node: Any) -> Iterator[str]:
             yield from _card_texts(item)
 
 
-# -- the self-built app's open API (vendors.md §3) ------------------------------------------------
+# -- the self-built app's open API (docs/vendors/feishu.md) ---------------------------------------
 
 APP_TOKEN_PATH = "/open-apis/auth/v3/tenant_access_token/internal"
 APP_SEND_PATH = "/open-apis/im/v1/messages"
 RECEIVE_ID_TYPES = ("open_id", "user_id", "union_id", "email", "chat_id")
-MSG_TYPES = {"text", "post", "interactive"}  # what the fake understands of §3.2's list
+MSG_TYPES = {"text", "post", "interactive"}  # of Feishu's msg_types
 SEND_SCOPES = ("im:message:send", "im:message", "im:message:send_as_bot")
-# vendors.md §3.2 error table: the msg each code answers with
+# docs/vendors/feishu.md#error-codes: the msg each code answers with
 APP_MESSAGES = {
     230001: "Your request contains an invalid request parameter.",
     230002: "The bot can not be outside the group.",
@@ -338,7 +339,7 @@ APP_MESSAGES = {
 
 
 def _invalid(detail: str) -> tuple[int, str]:
-    """230001 with the ext= detail live answers carry (vendors.md §3.2)."""
+    """230001 with the ext= detail live answers carry (docs/vendors/feishu.md#error-codes)."""
     return 230001, f"Your request contains an invalid request parameter, ext={detail}"
 
 
@@ -426,7 +427,8 @@ class _AppFault:
 
 
 class FakeFeishuApp(ThreadedServer):
-    """Feishu's (or, with ``lark=True``, Lark's) open API for a self-built app (vendors.md §3.4).
+    """Feishu's (or, with ``lark=True``, Lark's) open API for a self-built app
+    (docs/vendors/feishu.md).
 
     ``tenant_access_token/internal`` issues a token and answers ``expire`` as its REMAINING
     lifetime, handing out the same token until fewer than ``rotate_below_s`` remain; then a new
@@ -900,7 +902,7 @@ class FakeFeishuApp(ThreadedServer):
         return seconds * self.window_scale - self.jitter_s
 
     def _recipient_slot(self, kind: str, rid: str) -> bool:
-        """5 a second to one user or one chat (vendors.md §3.2 "Limits")."""
+        """5 a second to one user or one chat (docs/vendors/feishu.md#rate-limits)."""
         now = time.monotonic()
         with self._lock:
             sent = self._recipient_sends[f"{kind}:{rid}"]
@@ -929,7 +931,7 @@ class FakeFeishuApp(ThreadedServer):
 
 
 def _app_content_ok(msg_type: str, content: Any) -> bool:
-    """The content string's JSON matches msg_type (vendors.md §3.2 "Content by type")."""
+    """The content string's JSON matches msg_type (docs/vendors/feishu.md#send-message)."""
     if not isinstance(content, dict):
         return False
     if msg_type == "text":

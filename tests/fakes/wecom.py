@@ -1,4 +1,4 @@
-"""Fake WeCom (企业微信) endpoints for tests, as strict as the real ones (vendors.md §0-§2)."""
+"""Fake WeCom (企业微信) endpoints for tests, as strict as the real ones (docs/vendors/wecom.md)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ WECOM_LOOKUP = "https://open.work.weixin.qq.com/devtool/query?e={code}"
 
 
 def wecom_errmsg(code: int, message: str, *, hint: bool) -> str:
-    """WeCom's errmsg, with the trace suffix live servers add to every error (vendors.md §0)."""
+    """WeCom's errmsg, with the trace suffix live servers add to every error
+    (docs/vendors/wecom.md#answers)."""
     if not hint or code == 0:
         return message
     trace = f"{int(time.time() * 1000)}{secrets.randbelow(10**7):07d}"
@@ -30,7 +31,7 @@ def wecom_errmsg(code: int, message: str, *, hint: bool) -> str:
 
 
 def wecom_answer(code: int, message: str, *, hint: bool) -> web.Response:
-    """Every WeCom answer is HTTP 200; the outcome is in errcode (vendors.md §0)."""
+    """Every WeCom answer is HTTP 200; the outcome is in errcode (docs/vendors/wecom.md#answers)."""
     body = {"errcode": code, "errmsg": wecom_errmsg(code, message, hint=hint)}
     return web.Response(status=200, body=orjson.dumps(body), content_type="application/json")
 
@@ -75,12 +76,14 @@ BOT_MSGTYPES = {
     "voice",
     "template_card",
 }
-# a <@userid> in text or markdown pings; markdown_v2 has no mention syntax (vendors.md §2)
+# a <@userid> in text or markdown pings; markdown_v2 has no mention syntax
+# (docs/vendors/wecom.md#group-bot)
 MENTION = re.compile(r"<@([^>\s]+)>")
 
 
 class FakeWeComBot(ThreadedServer):
-    """The group bot webhook ``POST /cgi-bin/webhook/send?key=KEY`` (vendors.md §2).
+    """The group bot webhook ``POST /cgi-bin/webhook/send?key=KEY``
+    (docs/vendors/wecom.md#group-bot).
 
     Keys must be registered (else 93000); sizes are checked in UTF-8 bytes per msgtype; each
     key allows ``per_minute`` requests in a sliding ``window_s`` (else 45009); ``fail_next``
@@ -94,7 +97,8 @@ class FakeWeComBot(ThreadedServer):
         *,
         per_minute: int = 20,
         window_s: float = 60.0,
-        text_limit: int = 2048,  # documented; a live server once enforced 5120 (vendors.md §2)
+        # documented; a live server once enforced 5120 (docs/vendors/wecom.md#size-limits)
+        text_limit: int = 2048,
         markdown_limit: int = 4096,
         hint: bool = True,
     ) -> None:
@@ -222,7 +226,7 @@ class FakeWeComBot(ThreadedServer):
             if not isinstance(content, str):
                 return 40058, f"missing field `body.{msgtype}.content`. invalid Request Parameter"
             if not content.strip():
-                return 44004, "empty content"  # the code is assumed (vendors.md §8.2)
+                return 44004, "empty content"  # assumed: docs/vendors/wecom.md#unverified
             limit = self.text_limit if msgtype == "text" else self.markdown_limit
             if len(content.encode("utf-8")) > limit:
                 return (
@@ -261,7 +265,7 @@ def _ignored(msgtype: str, body: dict[str, Any]) -> list[str]:
     return sorted(set(body) - allowed)
 
 
-# -- the self-built app API (vendors.md §1) ------------------------------------------------------
+# -- the self-built app API (docs/vendors/wecom.md) ---------------------------------------------
 
 APP_MSGTYPES = {
     "text",
@@ -351,7 +355,7 @@ class _Token:
 
 class FakeWeComApp(ThreadedServer):
     """WeCom's app API: ``GET /cgi-bin/gettoken``, ``POST /cgi-bin/message/send`` and
-    ``POST /cgi-bin/appchat/send`` (vendors.md §1.4 checklist).
+    ``POST /cgi-bin/appchat/send`` (docs/vendors/wecom.md).
 
     Tokens are kept per (corpid, secret): while one is valid gettoken returns it again with
     the remaining expires_in; a missing token answers 41001, an unknown (or revoked) one 40014,
@@ -614,13 +618,14 @@ class FakeWeComApp(ThreadedServer):
         return payload, msgtype, None
 
     def _check(self, msgtype: str, body: dict[str, Any]) -> tuple[int, str] | None:
-        """Sizes in UTF-8 bytes (characters where WeCom counts characters): vendors.md §1.2."""
+        """Sizes in UTF-8 bytes (characters where WeCom counts characters):
+        docs/vendors/wecom.md#size-limits."""
         if msgtype in ("text", "markdown"):
             content = body.get("content")
             if not isinstance(content, str):
                 return 40058, f"missing field `{msgtype}.content`. invalid Request Parameter"
             if not content.strip():
-                return 44004, "empty content"  # the code is assumed (vendors.md §8.1)
+                return 44004, "empty content"  # assumed: docs/vendors/wecom.md#unverified
             limit = self.text_limit if msgtype == "text" else self.markdown_limit
             if len(content.encode("utf-8")) > limit:
                 return (
@@ -758,7 +763,7 @@ class FakeWeComApp(ThreadedServer):
         self, app: WeComApp, lists: dict[str, list[str]]
     ) -> tuple[list[str], dict[str, list[str]]]:
         """(licensed users reached, invalid ids by kind); user ids compare case-insensitively
-        and come back lower-cased (vendors.md §1.2)."""
+        and come back lower-cased (docs/vendors/wecom.md#app-message)."""
         by_lower = {user.lower(): user for user in app.users}
         invalid: dict[str, list[str]] = {"user": [], "party": [], "tag": [], "unlicensed": []}
         reached: list[str] = []
