@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select, update
@@ -58,6 +60,19 @@ async def _interrupted(db: Database) -> list[tuple[str, str | None]]:
         return [(r.delivery_id, r.worker) for r in rows]
 
 
+async def _age_heartbeat(db: Database, owner: str) -> None:
+    """As if ``owner`` had not beaten for longer than DEAD_AFTER_S."""
+
+    async def age(conn: Any) -> None:
+        await conn.execute(
+            update(process_owners)
+            .where(process_owners.c.owner == owner)
+            .values(heartbeat_at=process_owners.c.heartbeat_at - int(DEAD_AFTER_S * 1000) - 1000)
+        )
+
+    await db.write(age)
+
+
 def _die(owners: Owners) -> None:
     """As kill -9 would: the lock goes with the process, the row and the lock file stay."""
     assert owners._task is not None and owners._lock_fd is not None
@@ -106,16 +121,10 @@ async def test_a_stale_heartbeat_releases_the_claims_of_another_host(db: Databas
 
     assert elsewhere._task is not None
     elsewhere._task.cancel()  # its heartbeat stops
-    stale_by = int(DEAD_AFTER_S * 1000) + 1_000
 
-    async def age(conn):  # type: ignore[no-untyped-def]
-        await conn.execute(
-            update(process_owners)
-            .where(process_owners.c.owner == elsewhere.owner)
-            .values(heartbeat_at=process_owners.c.heartbeat_at - stale_by)
-        )
-
-    await db.write(age)
+    await _age_heartbeat(db, elsewhere.owner)
+    assert (await here.beat()).released == 0, "judged only after DEAD_AFTER_S of own beats"
+    here._beating_since = time.monotonic() - DEAD_AFTER_S  # as if beating that long
     sweep = await here.beat()
 
     assert sweep.gone == {elsewhere.owner} and sweep.released == 2
@@ -125,13 +134,35 @@ async def test_a_stale_heartbeat_releases_the_claims_of_another_host(db: Databas
     await here.stop()
 
 
+async def test_a_held_owner_lock_outweighs_a_stale_heartbeat(db: Database, tmp_path: Path) -> None:
+    """A process on this host whose loop stalled (its heartbeat is late) still holds its lock:
+    it lives, and what it is sending is left to it."""
+    lock_dir = tmp_path / "owners"
+    stalled = Owners(db, "host-3-gggggg", lock_dir)
+    await stalled.start()
+    held = await _claimed_by(db, stalled.owner, 2)
+    assert stalled._task is not None
+    stalled._task.cancel()
+    judge = Owners(db, "host-4-hhhhhh", lock_dir)
+    await judge.start()
+    judge._beating_since = time.monotonic() - DEAD_AFTER_S
+    await _age_heartbeat(db, stalled.owner)
+
+    assert (await judge.beat()).released == 0
+    statuses, owners = await _state(db)
+    assert [statuses[d] for d in held] == [("sending", stalled.owner)] * 2
+    assert owners == {stalled.owner, judge.owner}
+    await judge.stop()
+    await stalled.stop()
+
+
 async def test_a_live_process_taken_for_dead_registers_again(
     db: Database, caplog: pytest.LogCaptureFixture
 ) -> None:
     owners = Owners(db, "slow-9-eeeeee", None)
     await owners.start()
 
-    async def forget(conn):  # type: ignore[no-untyped-def]
+    async def forget(conn: Any) -> None:
         await conn.execute(process_owners.delete())
 
     await db.write(forget)

@@ -16,7 +16,11 @@ attempts with outcome ``interrupted`` (``storage/queue.py``), and removes their 
   mid-send before it claims anything else;
 - an owner whose heartbeat is older than ``DEAD_AFTER_S`` is taken for dead: the rule across
   hosts (several PostgreSQL nodes). On PostgreSQL heartbeats are stamped and compared with
-  the database's clock, so clocks that differ between nodes do not matter.
+  the database's clock, so clocks that differ between nodes do not matter. An owner whose
+  lock file is held here lives, whatever its heartbeat says; and a process judges others'
+  heartbeats only once its own have been written without a break for ``DEAD_AFTER_S``, so
+  that after a spell when nobody could write (database down, disk full) nobody is taken for
+  dead before it had the time to beat again.
 
 The lease (``MSGPUSH_LEASE_S``) stays as the last resort, for claims of an owner that keeps no
 row (a process of an older version). A live process taken for dead (its loop stalled longer
@@ -34,6 +38,7 @@ import logging
 import os
 import re
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,13 +110,18 @@ class Owners:
         self._lock_fd: int | None = None
         self._lock_path: Path | None = None
         self._registered = False
+        self._beating_since: float | None = None  # monotonic; None: the last beat failed
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> Sweep:
         """Take this owner's lock, register its heartbeat and release what owners that are
         gone left claimed (before this process claims anything)."""
         self._take_own_lock()
-        sweep = await self.beat()
+        try:
+            sweep = await self.beat()
+        except Exception:  # the database cannot be written now: the heartbeat loop retries
+            log.exception("first heartbeat failed; trying again in %g s", HEARTBEAT_EVERY_S)
+            sweep = Sweep(frozenset(), 0)
         self._task = asyncio.create_task(self._run(), name="msgpush-heartbeat")
         return sweep
 
@@ -144,15 +154,23 @@ class Owners:
 
     async def beat(self) -> Sweep:
         """Renew this owner's heartbeat; release the claims of owners that are gone."""
-        dead_here = self._dead_by_lock()
+        dead_here, alive_here = self._look_at_locks()
+        since = self._beating_since
+        judge = since is not None and time.monotonic() - since >= DEAD_AFTER_S
         try:
             sweep: Sweep = await self._db.write(
-                functools.partial(self._beat, {d.owner for d in dead_here}), durable=False
+                functools.partial(
+                    self._beat, {d.owner for d in dead_here}, alive_here if judge else None
+                ),
+                durable=False,
             )
         except BaseException:
+            self._beating_since = None
             for dead in dead_here:  # let go: the next heartbeat (here or elsewhere) tries again
                 os.close(dead.fd)
             raise
+        if self._beating_since is None:
+            self._beating_since = time.monotonic()
         for dead in dead_here:
             dead.forget()
         if sweep.released:
@@ -166,7 +184,12 @@ class Owners:
 
     # -- the transaction ---------------------------------------------------------------------
 
-    async def _beat(self, dead_here: set[str], conn: AsyncConnection) -> Sweep:
+    async def _beat(
+        self, dead_here: set[str], alive_here: set[str] | None, conn: AsyncConnection
+    ) -> Sweep:
+        """Renew; release the owners found dead by their lock and, when ``alive_here`` is
+        given (this process may judge heartbeats), those with a stale heartbeat but no lock
+        held on this host."""
         now = await _database_now(conn)
         renewed = await conn.execute(
             update(process_owners)
@@ -191,16 +214,21 @@ class Owners:
                 )
             )
         self._registered = True
-        stale = (
-            await conn.execute(
-                select(process_owners.c.owner)
-                .where(
-                    process_owners.c.heartbeat_at < now - int(DEAD_AFTER_S * 1000),
-                    process_owners.c.owner != self.owner,
-                )
-                .with_for_update(skip_locked=True)
+        stale: set[str] = set()
+        if alive_here is not None:
+            stale = set(
+                (
+                    await conn.execute(
+                        select(process_owners.c.owner)
+                        .where(
+                            process_owners.c.heartbeat_at < now - int(DEAD_AFTER_S * 1000),
+                            process_owners.c.owner != self.owner,
+                        )
+                        .with_for_update(skip_locked=True)
+                    )
+                ).scalars()
             )
-        ).scalars()
+            stale -= alive_here
         gone = frozenset({*dead_here, *stale} - {self.owner})
         if not gone:
             return Sweep(gone, 0)
@@ -239,15 +267,17 @@ class Owners:
             return
         self._lock_fd, self._lock_path = fd, final
 
-    def _dead_by_lock(self) -> list[_DeadOwner]:
-        """Owners whose lock file nobody holds: their process has ended."""
-        if self._lock_dir is None:
-            return []
+    def _look_at_locks(self) -> tuple[list[_DeadOwner], set[str]]:
+        """Owners whose lock file nobody holds (their process has ended), and the names of
+        those whose lock is held (they live)."""
         dead: list[_DeadOwner] = []
+        alive: set[str] = set()
+        if self._lock_dir is None:
+            return dead, alive
         try:
             paths = [p for p in self._lock_dir.iterdir() if p.name.endswith(LOCK_SUFFIX)]
         except OSError:
-            return []
+            return dead, alive
         for path in paths:
             if path == self._lock_path:
                 continue
@@ -256,13 +286,19 @@ class Owners:
             except OSError:  # removed meanwhile by the process that found it
                 continue
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 owner = os.read(fd, 256).decode(errors="replace").strip()
-            except OSError:  # held: that process lives
+            except OSError:
                 os.close(fd)
                 continue
-            dead.append(_DeadOwner(owner or path.name.removesuffix(LOCK_SUFFIX), path, fd))
-        return dead
+            owner = owner or path.name.removesuffix(LOCK_SUFFIX)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # held: that process lives
+                os.close(fd)
+                alive.add(owner)
+                continue
+            dead.append(_DeadOwner(owner, path, fd))
+        return dead, alive
 
 
 async def _database_now(conn: AsyncConnection) -> int:
