@@ -202,6 +202,7 @@ def two_nodes(tmp_path: Path) -> Iterator[tuple[ServerProcess, ServerProcess]]:
         drop_pg_database(url)
 
 
+@pytest.mark.postgres
 def test_one_of_two_postgresql_nodes_killed_mid_burst_the_other_resends_its_claims(
     two_nodes: tuple[ServerProcess, ServerProcess], receiver: Receiver, unique: str
 ) -> None:
