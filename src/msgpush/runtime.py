@@ -18,6 +18,7 @@ from msgpush.settings import Settings
 from msgpush.storage.audit import AuditLog
 from msgpush.storage.db import Database
 from msgpush.storage.history import History
+from msgpush.storage.owners import Owners, owner_lock_dir
 from msgpush.storage.queue import Queue
 from msgpush.storage.retention import Retention
 from msgpush.storage.tokens import TokenStore
@@ -68,6 +69,12 @@ class Runtime:
             if worker
             else None
         )
+        # claims held under a heartbeat: a crash here is noticed in seconds, not at the lease
+        self.owners = (
+            Owners(self.db, self.engine.owner, owner_lock_dir(settings), self._claims_released)
+            if self.engine is not None
+            else None
+        )
         self.worker_processes: WorkerProcesses | None = None
         if self.engine is not None and worker_processes:
             self.worker_processes = WorkerProcesses(
@@ -83,6 +90,8 @@ class Runtime:
     async def start(self) -> None:
         await self.db.start()
         await self.http.start()
+        if self.owners is not None:  # before the first claim: what the dead left goes first
+            await self.owners.start()
         if self.engine is not None:
             self.engine.start()
         if self._housekeeper:  # serve only
@@ -101,6 +110,8 @@ class Runtime:
             await self.worker_processes.stop()
         if self.engine is not None:
             await self.engine.stop()
+        if self.owners is not None:
+            await self.owners.stop()
         await self.http.close()
         await self.tokens.flush()
         await self.db.close()
@@ -122,6 +133,9 @@ class Runtime:
             self.engine.pause()
         else:
             self.engine.resume()
+
+    def _claims_released(self, _count: int) -> None:
+        self.notify()
 
     def notify(self) -> None:
         """Messages were stored: wake the engines that send them, here and in child workers."""

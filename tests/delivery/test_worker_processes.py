@@ -154,7 +154,7 @@ def test_a_crashed_worker_process_is_started_again(
     assert server.proc is not None
     os.kill(children(server.proc.pid)[0], signal.SIGKILL)
     wait_until(lambda: health(server)["worker_processes"]["started_total"] >= 3, 20, "restart")
-    received = receiver.wait_for(path, 300, timeout=90)  # its claims come back by lease
+    received = receiver.wait_for(path, 300, timeout=90)  # its claims come back (owner lock)
     assert {r.json()["message_id"] for r in received} == set(ids)
     assert "exited with -9; starting it again" in server.log()
 

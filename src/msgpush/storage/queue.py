@@ -216,60 +216,12 @@ class Queue:
         return claimed
 
     async def release_expired_leases(self) -> int:
-        """Deliveries whose worker died mid-send become due again (at-least-once).
-
-        Each counts an attempt with outcome ``interrupted``, so the history tells that the
-        message may have reached the vendor once already."""
+        """Deliveries whose lease ran out (their worker died mid-send, and no heartbeat told it
+        sooner: see ``storage/owners.py``) become due again (at-least-once)."""
         now = now_ms()
 
         async def op(conn: AsyncConnection) -> int:
-            expired = (
-                await conn.execute(
-                    select(deliveries.c.id, deliveries.c.attempts, deliveries.c.lease_owner)
-                    .where(deliveries.c.status == "sending", deliveries.c.lease_until < now)
-                    .with_for_update(skip_locked=True)
-                )
-            ).all()
-            if not expired:
-                return 0
-            await conn.execute(
-                update(deliveries)
-                .where(
-                    deliveries.c.id == bindparam("r_id"),
-                    deliveries.c.status == "sending",
-                    deliveries.c.lease_owner == bindparam("r_owner"),
-                )
-                .values(
-                    status="retrying",
-                    attempts=bindparam("r_number"),
-                    lease_owner=None,
-                    lease_until=None,
-                    next_attempt_at=now,
-                    updated_at=now,
-                    last_error=INTERRUPTED,
-                ),
-                [
-                    {"r_id": row.id, "r_owner": row.lease_owner, "r_number": row.attempts + 1}
-                    for row in expired
-                ],
-            )
-            await _insert_attempts.run_many(
-                conn,
-                [
-                    {
-                        "delivery_id": row.id,
-                        "number": row.attempts + 1,
-                        "started_at": now,
-                        "duration_ms": 0,
-                        "outcome": "interrupted",
-                        "diagnosis": INTERRUPTED,
-                        "next_attempt_at": now,
-                        "worker": row.lease_owner,
-                    }
-                    for row in expired
-                ],
-            )
-            return len(expired)
+            return await release_interrupted(conn, deliveries.c.lease_until < now, now)
 
         released: int = await self._db.write(op, durable=False)
         return released
@@ -384,6 +336,60 @@ _claim = DriverStatement(
         deliveries.c.budget_since,
     )
 )
+
+
+async def release_interrupted(conn: AsyncConnection, condition: Any, now: int) -> int:
+    """Claims (``sending``) matching ``condition`` whose process stopped become due again.
+
+    Each counts an attempt with outcome ``interrupted``, so the history tells that the
+    message may have reached the vendor once already. Returns how many were released."""
+    expired = (
+        await conn.execute(
+            select(deliveries.c.id, deliveries.c.attempts, deliveries.c.lease_owner)
+            .where(deliveries.c.status == "sending", condition)
+            .with_for_update(skip_locked=True)
+        )
+    ).all()
+    if not expired:
+        return 0
+    await conn.execute(
+        update(deliveries)
+        .where(
+            deliveries.c.id == bindparam("r_id"),
+            deliveries.c.status == "sending",
+            deliveries.c.lease_owner == bindparam("r_owner"),
+        )
+        .values(
+            status="retrying",
+            attempts=bindparam("r_number"),
+            lease_owner=None,
+            lease_until=None,
+            next_attempt_at=now,
+            updated_at=now,
+            last_error=INTERRUPTED,
+        ),
+        [
+            {"r_id": row.id, "r_owner": row.lease_owner, "r_number": row.attempts + 1}
+            for row in expired
+        ],
+    )
+    await _insert_attempts.run_many(
+        conn,
+        [
+            {
+                "delivery_id": row.id,
+                "number": row.attempts + 1,
+                "started_at": now,
+                "duration_ms": 0,
+                "outcome": "interrupted",
+                "diagnosis": INTERRUPTED,
+                "next_attempt_at": now,
+                "worker": row.lease_owner,
+            }
+            for row in expired
+        ],
+    )
+    return len(expired)
 
 
 _insert_messages = DriverInsert(messages)

@@ -200,3 +200,15 @@ audit_log = Table(
     Index("ix_audit_log_token", "token_id"),
     Index("ix_audit_log_at", "at"),
 )
+
+# One row per running process that claims deliveries (its ``lease_owner``), renewed every few
+# seconds: claims of an owner whose heartbeat stopped are released (storage/owners.py).
+process_owners = Table(
+    "process_owners",
+    metadata,
+    Column("owner", String(64), primary_key=True),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started_at", BigInteger, nullable=False),
+    Column("heartbeat_at", BigInteger, nullable=False),  # the database's clock on PostgreSQL
+)
