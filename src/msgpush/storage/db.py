@@ -53,6 +53,12 @@ MAX_OPS_PER_COMMIT = 512
 
 # SQLite primary result codes (the low byte of an extended code): https://sqlite.org/rescode.html
 _SQLITE_FAULTS = {13: "full", 10: "io", 8: "read_only", 14: "io"}  # FULL, IOERR, READONLY, CANTOPEN
+_SQLITE_MESSAGES = (
+    ("database or disk is full", "full"),
+    ("disk i/o error", "io"),
+    ("readonly database", "read_only"),
+    ("unable to open database file", "io"),
+)
 _ERRNO_FAULTS = {
     errno.ENOSPC: "full",
     errno.EDQUOT: "full",
@@ -100,7 +106,10 @@ def storage_fault(exc: BaseException) -> StorageUnavailable | None:
 def _fault_of(exc: BaseException) -> StorageUnavailable | None:
     if isinstance(exc, sqlite3.Error):
         code = getattr(exc, "sqlite_errorcode", None)
-        kind = _SQLITE_FAULTS.get(code & 0xFF) if isinstance(code, int) else None
+        if isinstance(code, int):
+            kind = _SQLITE_FAULTS.get(code & 0xFF)
+        else:  # raised without a code (by a wrapper, or a test): SQLite's fixed messages
+            kind = next((k for text, k in _SQLITE_MESSAGES if text in str(exc).lower()), None)
         return StorageUnavailable(kind, f"SQLite: {exc}") if kind else None
     sqlstate = getattr(exc, "sqlstate", None)
     if isinstance(sqlstate, str):  # asyncpg's server errors
