@@ -122,7 +122,10 @@ def serve(
     settings.api_listen = ",".join(filter(None, (settings.api_listen, f"{host}:{port}")))
     os.environ["MSGPUSH_API_LISTEN"] = settings.api_listen
     if settings.delivery_processes and not no_worker:
-        _forget_dead_processes(settings.data_dir / "metrics")  # where versions before kept them
+        legacy = settings.data_dir / "metrics"  # where versions before kept them
+        _forget_dead_processes(legacy)
+        with contextlib.suppress(OSError):
+            legacy.rmdir()  # unless another serve of an older version still uses it
         try:
             _metrics_in_files(runtime_dir(settings) / "metrics")
         except OSError as exc:
@@ -158,15 +161,12 @@ def _metrics_in_files(directory: Path) -> None:
 
 
 def _forget_dead_processes(directory: Path) -> None:
-    """Remove the metrics files of serve processes that are gone (and the directory, if that
-    leaves it empty)."""
+    """Remove the metrics files of serve processes that are gone."""
     if not directory.is_dir():
         return
     for earlier in directory.iterdir():
         if earlier.is_dir() and earlier.name.isdigit() and not _alive(int(earlier.name)):
             shutil.rmtree(earlier, ignore_errors=True)
-    with contextlib.suppress(OSError):
-        directory.rmdir()
 
 
 def _alive(pid: int) -> bool:
