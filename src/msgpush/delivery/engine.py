@@ -315,7 +315,10 @@ class Engine:
         try:
             while self._unrecorded or self._unreleased:
                 await asyncio.sleep(UNRECORDED_RETRY_S)
-                written += await self._write_held()
+                try:
+                    written += await self._write_held()
+                except Exception:  # never a reason to stop trying
+                    log.exception("writing held delivery results failed; trying again")
         finally:
             self._writing_later = None
         if written:
