@@ -63,7 +63,12 @@ def test_tighten_fixes_looser_files_and_says_so(
 
 
 def test_serve_keeps_its_files_private(tmp_path: Path, permissive_umask: None) -> None:
-    server = ServerProcess(tmp_path / "data", args=("--delivery-processes", "1"))
+    runtime = tmp_path / "run"
+    server = ServerProcess(
+        tmp_path / "data",
+        args=("--delivery-processes", "1"),
+        extra_env={"MSGPUSH_RUNTIME_DIR": str(runtime)},
+    )
     server.start()
     try:
         with server.client() as api:
@@ -72,8 +77,9 @@ def test_serve_keeps_its_files_private(tmp_path: Path, permissive_umask: None) -
         for name in ("msgpush.db", "msgpush.db-wal", "msgpush.db-shm", "msgpush.db-writelock"):
             assert _mode(data / name) == 0o600, name
         assert _mode(data / "secret.key") == 0o600
-        assert _mode(data / "metrics") == 0o700
-        for mine in (data / "metrics").iterdir():
+        assert not (data / "metrics").exists(), "runtime files are kept off the data directory"
+        assert _mode(runtime / "metrics") == 0o700
+        for mine in (runtime / "metrics").iterdir():
             assert _mode(mine) == 0o700
     finally:
         server.stop()

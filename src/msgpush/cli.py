@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from msgpush.datadir import private_dir
+from msgpush.datadir import private_dir, runtime_dir, unwritable
 from msgpush.settings import Settings
 
 if TYPE_CHECKING:
@@ -59,6 +59,16 @@ def _settings(data_dir: Path | None) -> Settings:
         raise typer.Exit(2) from None
     if data_dir is not None:
         settings.data_dir = data_dir
+    return settings
+
+
+def _writable(settings: Settings) -> Settings:
+    """``settings`` once the data directory is known to be writable; else one line saying
+    which directory and how to fix it, and exit code 2 (not a traceback from deep inside)."""
+    problem = unwritable(settings)
+    if problem is not None:
+        typer.echo(f"error: {problem}", err=True)
+        raise typer.Exit(2)
     return settings
 
 
@@ -105,14 +115,22 @@ def serve(
     worker processes beside it as delivery_processes says)."""
     import uvicorn
 
-    settings = _settings(data_dir)
+    settings = _writable(_settings(data_dir))
     if delivery_processes is not None:
         settings.delivery_processes = delivery_processes
     # The egress policy never lets msgpush send to its own API; worker processes inherit this.
     settings.api_listen = ",".join(filter(None, (settings.api_listen, f"{host}:{port}")))
     os.environ["MSGPUSH_API_LISTEN"] = settings.api_listen
     if settings.delivery_processes and not no_worker:
-        _metrics_in_files(settings.data_dir / "metrics")
+        legacy = settings.data_dir / "metrics"  # where versions before kept them
+        _forget_dead_processes(legacy)
+        with contextlib.suppress(OSError):
+            legacy.rmdir()  # unless another serve of an older version still uses it
+        try:
+            _metrics_in_files(runtime_dir(settings) / "metrics")
+        except OSError as exc:
+            typer.echo(f"error: {exc.strerror or exc}", err=True)
+            raise typer.Exit(2) from None
 
     from msgpush.api.app import build  # after _metrics_in_files: it imports prometheus_client
 
@@ -136,12 +154,19 @@ def _metrics_in_files(directory: Path) -> None:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         return
     private_dir(directory)
-    for earlier in directory.iterdir():  # figures of serve processes that are gone
-        if earlier.is_dir() and earlier.name.isdigit() and not _alive(int(earlier.name)):
-            shutil.rmtree(earlier, ignore_errors=True)
+    _forget_dead_processes(directory)
     mine = directory / str(os.getpid())  # another serve may share the data directory
     private_dir(mine)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(mine.resolve())
+
+
+def _forget_dead_processes(directory: Path) -> None:
+    """Remove the metrics files of serve processes that are gone."""
+    if not directory.is_dir():
+        return
+    for earlier in directory.iterdir():
+        if earlier.is_dir() and earlier.name.isdigit() and not _alive(int(earlier.name)):
+            shutil.rmtree(earlier, ignore_errors=True)
 
 
 def _alive(pid: int) -> bool:
@@ -162,7 +187,7 @@ def worker(data_dir: DataDir = None) -> None:
     from msgpush.delivery.processes import listen_to_parent, tell_parent_ready
     from msgpush.runtime import Runtime, settle_gc
 
-    settings = _settings(data_dir)
+    settings = _writable(_settings(data_dir))
     _logging(settings.log_level)
 
     async def run() -> None:
@@ -275,7 +300,7 @@ def token_create(
     from msgpush.errors import ApiError
     from msgpush.runtime import Runtime
 
-    settings = _settings(data_dir)
+    settings = _writable(_settings(data_dir))
 
     async def run() -> str:
         runtime = Runtime(settings, worker=False)

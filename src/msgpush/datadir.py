@@ -4,14 +4,27 @@ The data directory is created 0700 and each file msgpush creates there 0600 (the
 database, so that SQLite gives its ``-wal`` and ``-shm`` files the same mode; the key file; the
 lock files), whatever the umask. On start, files of an older install that others could read
 are tightened to 0600, with a warning in the log.
+
+Files that live only as long as the processes (the metrics files of serve's worker processes,
+which prometheus_client maps into memory) go to a runtime directory instead (``runtime_dir``):
+a write to a memory-mapped file on a full disk kills the process with SIGBUS, so nothing mapped
+may live beside the database. The lock files stay beside the database: every process sharing
+the database must find them at the same path, and a lock takes no space, so a full disk does
+not touch them.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import hashlib
 import logging
 import os
 import stat
+import tempfile
 from pathlib import Path
+
+from msgpush.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -86,3 +99,75 @@ def _restrict(path: Path, private_mode: int) -> None:
     if mode & 0o077:
         os.chmod(path, private_mode)
         _tightened(path, mode, private_mode)
+
+
+def runtime_dir(settings: Settings) -> Path:
+    """The directory (0700, this user's) for files that live only while msgpush runs, never on
+    the data directory's disk: ``MSGPUSH_RUNTIME_DIR`` if set, else ``msgpush-<uid>-<hash of the
+    data directory>`` in the first usable of ``$XDG_RUNTIME_DIR``, ``/run``, ``/dev/shm`` (memory
+    file systems) and the temporary directory. One per data directory, so that two installs on
+    one host keep apart."""
+    if settings.runtime_dir is not None:
+        return private_dir(settings.runtime_dir)
+    tag = hashlib.sha256(str(settings.data_dir.resolve()).encode()).hexdigest()[:12]
+    name = f"msgpush-{os.getuid()}-{tag}"
+    bases = (os.environ.get("XDG_RUNTIME_DIR"), "/run", "/dev/shm", tempfile.gettempdir())
+    refused: list[str] = []
+    for base in bases:
+        if not base or not os.access(base, os.W_OK | os.X_OK):
+            continue
+        try:
+            return _own_private_dir(Path(base) / name)
+        except OSError as exc:
+            refused.append(f"{base}: {exc.strerror or exc}")
+    raise OSError(
+        errno.EACCES,
+        f"no usable runtime directory ({'; '.join(refused) or 'none writable'}); "
+        "set MSGPUSH_RUNTIME_DIR",
+    )
+
+
+def _own_private_dir(path: Path) -> Path:
+    """``path`` as a 0700 directory of this user, created if missing. In a directory others
+    may write to (/dev/shm, /tmp), one made by someone else, or a link, is refused."""
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=PRIVATE_DIR)
+    found = os.lstat(path)
+    if not stat.S_ISDIR(found.st_mode) or found.st_uid != os.getuid():
+        raise OSError(errno.EPERM, f"{path} exists and is not this user's directory")
+    if stat.S_IMODE(found.st_mode) != PRIVATE_DIR:
+        os.chmod(path, PRIVATE_DIR)
+    return path
+
+
+def unwritable(settings: Settings) -> str | None:
+    """Why msgpush cannot write what it keeps in the data directory, as one line naming the
+    directory and the fix; None when it can. (PostgreSQL with ``MSGPUSH_SECRET_KEY`` keeps
+    nothing there.)"""
+    on_sqlite = not settings.database_url or settings.database_url.startswith("sqlite")
+    if not on_sqlite and settings.secret_key:
+        return None
+    data_dir = settings.data_dir.resolve()
+    database = settings.sqlite_path().resolve()
+    try:
+        private_dir(data_dir)
+        fd, probe = tempfile.mkstemp(prefix=".msgpush-write-test-", dir=data_dir)
+        os.close(fd)
+        os.unlink(probe)
+        if on_sqlite and database.exists() and not os.access(database, os.W_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(database))
+    except OSError as exc:
+        what = exc.filename if exc.filename and Path(exc.filename) == database else data_dir
+        fixes = {
+            errno.EROFS: "it is on a read-only file system: mount it read-write",
+            errno.ENOSPC: "its disk is full: free space",
+            errno.EDQUOT: "the disk quota is used up: free space",
+        }
+        fix = fixes.get(
+            exc.errno or 0, f"give user {os.getuid()} write access to it (chown or chmod)"
+        )
+        return (
+            f"msgpush cannot write {what} ({exc.strerror or exc}): {fix}, or point "
+            "MSGPUSH_DATA_DIR (--data-dir) at a writable directory"
+        )
+    return None

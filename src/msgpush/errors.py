@@ -13,6 +13,7 @@ class ApiError(Exception):
         message: str,
         field: str | None = None,
         details: list[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -20,6 +21,7 @@ class ApiError(Exception):
         self.message = message
         self.field = field
         self.details = details
+        self.headers = headers
 
     def body(self) -> dict[str, Any]:
         error: dict[str, Any] = {"code": self.code, "message": self.message}
@@ -32,6 +34,22 @@ class ApiError(Exception):
 
 def not_found(kind: str, ref: str) -> ApiError:
     return ApiError(404, "not_found", f"no {kind} {ref!r}")
+
+
+# How long a client is asked to wait while storage fails: freeing space takes a person.
+STORAGE_RETRY_AFTER_S = 5
+
+
+def storage_unavailable(reason: str) -> ApiError:
+    """503 for a request whose write storage refused (disk full, read-only, unreachable):
+    nothing of it was stored; the same request may be sent again after ``Retry-After``."""
+    return ApiError(
+        503,
+        "storage_unavailable",
+        f"msgpush cannot store anything now, so nothing of this request was stored; send it "
+        f"again later: {reason}",
+        headers={"Retry-After": str(STORAGE_RETRY_AFTER_S)},
+    )
 
 
 OBJECT_TYPES = ("model_type", "model_attributes_type", "dict_type")

@@ -50,6 +50,14 @@ class Settings(BaseSettings):
     admin_token: str | None = Field(
         default=None, description="the first admin token, instead of a generated one"
     )
+    runtime_dir: Path | None = Field(
+        default=None,
+        description=(
+            "files that live only while msgpush runs (worker processes' metrics); default a "
+            "private directory in $XDG_RUNTIME_DIR, /run, /dev/shm or the temporary directory, "
+            "never the data directory's disk"
+        ),
+    )
     # Delivery engine
     workers: int = Field(default=128, ge=1, le=1024, description="concurrent sends per process")
     delivery_processes: int = Field(

@@ -6,7 +6,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.resources import files
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from fastapi import FastAPI, Request
@@ -14,6 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel, Field
 from sqlalchemy import func, select, text
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -30,12 +31,18 @@ from msgpush.api import (
     templates,
     tokens,
 )
-from msgpush.api.common import JSON
+from msgpush.api.common import JSON, unexpected_error
 from msgpush.api.ingest import IngestRoutes
 from msgpush.api.openapi import openapi_builder
-from msgpush.errors import ApiError, validation_error
+from msgpush.errors import (
+    STORAGE_RETRY_AFTER_S,
+    ApiError,
+    storage_unavailable,
+    validation_error,
+)
 from msgpush.runtime import Runtime, settle_gc
 from msgpush.settings import Settings
+from msgpush.storage.db import StorageUnavailable, storage_fault
 from msgpush.storage.schema import deliveries as deliveries_table
 
 log = logging.getLogger(__name__)
@@ -95,6 +102,36 @@ def too_large(max_bytes: int) -> ApiError:
         "too_large",
         f"the request body is larger than {max_bytes} bytes; send fewer messages per batch",
     )
+
+
+class Readiness(BaseModel):
+    """What ``GET /readyz`` answers."""
+
+    status: Literal["ready", "unavailable"]
+    database: str = Field(description="sqlite or postgresql")
+    reason: str | None = Field(description="why nothing can be stored now, and what to do")
+    since: float | None = Field(description="when writes began to fail (Unix time, seconds)")
+    unrecorded_results: int = Field(
+        description=(
+            "delivery results this process holds in memory because storage refused them; "
+            "written when it works again (those deliveries are not sent again)"
+        )
+    )
+
+
+READINESS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": Readiness, "description": "Writes are stored"},
+    503: {
+        "model": Readiness,
+        "description": "Storage refuses writes; ingest answers 503 meanwhile",
+        "headers": {
+            "Retry-After": {
+                "description": "seconds to wait before asking (or sending) again",
+                "schema": {"type": "string"},
+            }
+        },
+    },
+}
 
 
 # The console's files carry no version in their names: browsers must check them after an upgrade.
@@ -158,7 +195,12 @@ def create_app(settings: Settings | None = None, *, worker: bool = True) -> Fast
 
     @app.exception_handler(ApiError)
     async def api_error(_request: Request, exc: ApiError) -> JSON:
-        return JSON(exc.body(), status_code=exc.status)
+        return JSON(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(StorageUnavailable)
+    async def storage_refused(_request: Request, exc: StorageUnavailable) -> JSON:
+        refused = storage_unavailable(exc.reason)
+        return JSON(refused.body(), status_code=refused.status, headers=refused.headers)
 
     @app.exception_handler(RequestValidationError)
     async def request_validation(_request: Request, exc: RequestValidationError) -> JSON:
@@ -177,9 +219,8 @@ def create_app(settings: Settings | None = None, *, worker: bool = True) -> Fast
 
     @app.exception_handler(Exception)
     async def unexpected(_request: Request, exc: Exception) -> JSON:
-        log.error("unhandled %s: %s", type(exc).__name__, exc)
-        body = ApiError(500, "internal", "internal error; see the server log").body()
-        return JSON(body, status_code=500)
+        refused = unexpected_error(exc)
+        return JSON(refused.body(), status_code=refused.status, headers=refused.headers)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz(request: Request) -> JSON:
@@ -198,6 +239,35 @@ def create_app(settings: Settings | None = None, *, worker: bool = True) -> Fast
                 "version": __version__,
             }
         )
+
+    @app.get(
+        "/readyz",
+        summary="Readiness: can msgpush store messages now?",
+        description=(
+            "200 while writes are stored; 503 with the reason (and Retry-After) while storage "
+            "refuses them: a full disk, I/O errors, a read-only database or an unreachable "
+            "PostgreSQL. Checked by a probe write at most once a second. Unauthenticated, "
+            "like /healthz (liveness), so that load balancers and orchestrators can ask."
+        ),
+        responses=READINESS_RESPONSES,
+    )
+    async def readyz(request: Request) -> JSON:
+        rt: Runtime = request.app.state.runtime
+        try:
+            fault = await rt.db.ready()
+        except Exception as exc:  # the probe failed for another reason: still not ready
+            fault = storage_fault(exc) or StorageUnavailable("unreachable", type(exc).__name__)
+        body = Readiness(
+            status="unavailable" if fault else "ready",
+            database=rt.db.dialect,
+            reason=fault.reason if fault else None,
+            since=rt.db.writer.fault.since if fault and rt.db.writer.fault else None,
+            unrecorded_results=rt.engine.unrecorded if rt.engine is not None else 0,
+        )
+        if fault is None:
+            return JSON(body.model_dump())
+        headers = {"Retry-After": str(STORAGE_RETRY_AFTER_S)}
+        return JSON(body.model_dump(), status_code=503, headers=headers)
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus(request: Request) -> Response:

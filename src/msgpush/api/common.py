@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection
 from typing import Annotated, Any, TypeVar
 
@@ -13,12 +14,25 @@ from fastapi.responses import Response
 from fastapi.security.base import SecurityBase
 from pydantic import BaseModel, ValidationError
 
-from msgpush.errors import ApiError, validation_error
+from msgpush.errors import ApiError, storage_unavailable, validation_error
 from msgpush.runtime import Runtime
 from msgpush.storage.audit import Actor
+from msgpush.storage.db import storage_fault
 from msgpush.storage.tokens import TokenIdentity
 
 M = TypeVar("M", bound=BaseModel)
+
+log = logging.getLogger(__name__)
+
+
+def unexpected_error(exc: Exception) -> ApiError:
+    """The answer to an exception no route turned into an ``ApiError``: 503 with Retry-After
+    when storage refused the write (the request may simply be sent again), else 500, logged."""
+    fault = storage_fault(exc)
+    if fault is not None:
+        return storage_unavailable(fault.reason)
+    log.error("unhandled %s: %s", type(exc).__name__, exc)
+    return ApiError(500, "internal", "internal error; see the server log")
 
 
 class JSON(Response):

@@ -10,7 +10,6 @@ call (those remain for the OpenAPI schema and for apps built without this wrappe
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl
@@ -18,19 +17,16 @@ from urllib.parse import parse_qsl
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from msgpush.api.common import SENDER_ROLES, authorize
+from msgpush.api.common import SENDER_ROLES, authorize, unexpected_error
 from msgpush.api.messages import accept_batch, accept_one
 from msgpush.errors import ApiError
 from msgpush.runtime import Runtime
-
-log = logging.getLogger(__name__)
 
 Accept = Callable[[Runtime, bytes], Awaitable[tuple[dict[str, Any], dict[str, str] | None]]]
 ROUTES: dict[str, Accept] = {
     "/api/v1/messages": accept_one,
     "/api/v1/messages/batch": accept_batch,
 }
-INTERNAL = ApiError(500, "internal", "internal error; see the server log")
 
 
 class IngestRoutes:
@@ -51,10 +47,10 @@ class IngestRoutes:
             payload, headers = await accept(rt, body)
             status = 202
         except ApiError as refused:
-            status, payload = refused.status, refused.body()
+            status, payload, headers = refused.status, refused.body(), refused.headers
         except Exception as exc:  # the app's own handler would say the same
-            log.error("unhandled %s: %s", type(exc).__name__, exc)
-            status, payload = 500, INTERNAL.body()
+            answer = unexpected_error(exc)
+            status, payload, headers = answer.status, answer.body(), answer.headers
         await _answer(send, status, payload, headers)
 
     @staticmethod

@@ -3,6 +3,12 @@
 One engine runs in each ``serve`` (unless ``--no-worker``) and ``worker`` process. It wakes
 when this process accepts a message, and polls otherwise, so deliveries accepted by another
 process, retries that fall due and leases of crashed workers are all picked up.
+
+When storage refuses a write (disk full, read-only, database unreachable), a delivery already
+sent keeps its result in memory (``AttemptRecord``) and the engine writes it as soon as storage
+works again; meanwhile it claims nothing more and keeps its claims, so no delivery is sent
+twice because msgpush could not write down that it was sent. At most ``MSGPUSH_WORKERS``
+results wait so: one per send slot. One claimed but not yet sent is given back likewise.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from msgpush.delivery.limits import LocalPacer, RateLimiter
 from msgpush.ids import new_id, now_ms
 from msgpush.message import Category, Level, Message
 from msgpush.settings import Settings
+from msgpush.storage.db import StorageUnavailable
 from msgpush.storage.queue import AttemptRecord, Claimed, Queue
 
 log = logging.getLogger(__name__)
@@ -46,6 +53,10 @@ BACKLOG_AFTER_S = 0.5
 MAX_TIMER_MS = 300_000  # later work is found by polling
 JANITOR_EVERY_S = 5.0
 HOLD_MS = 2_000
+# While storage refuses writes: how often results held in memory are tried again, and how
+# long the claim loop waits after a refused claim.
+UNRECORDED_RETRY_S = 0.25
+STORAGE_RETRY_S = 1.0
 TEST_MESSAGE = Message(
     title="msgpush Test Push",
     content="This is a test message from msgpush. If you can read it, the channel works.",
@@ -109,6 +120,12 @@ class Engine:
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        # what storage refused: results of sends made, claims of sends not made
+        self._unrecorded: dict[str, AttemptRecord] = {}
+        self._unreleased: set[str] = set()
+        self._all_written = asyncio.Event()
+        self._all_written.set()
+        self._writing_later: asyncio.Task[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -129,6 +146,17 @@ class Engine:
         for task in self._inflight.values():
             task.cancel()
         await asyncio.gather(*self._inflight.values(), return_exceptions=True)
+        if self._writing_later is not None:
+            self._writing_later.cancel()
+            await asyncio.gather(self._writing_later, return_exceptions=True)
+        if self._unrecorded or self._unreleased:
+            await self._write_held()  # a last try
+        if self._unrecorded:
+            log.error(
+                "storage still refuses writes: %d delivery results are lost with this process; "
+                "those deliveries are sent again when their lease ends",
+                len(self._unrecorded),
+            )
         try:
             await self._queue.release(unfinished, self.owner)
         except Exception:  # the lease runs out instead
@@ -146,6 +174,11 @@ class Engine:
         self._running.set()
         self._busy_since = None
         self.notify()
+
+    @property
+    def unrecorded(self) -> int:
+        """Results of sends made that wait in memory for storage to work again."""
+        return len(self._unrecorded)
 
     def idle_s(self) -> float:
         """Seconds since this engine last had anything to send."""
@@ -166,6 +199,9 @@ class Engine:
             if not self._running.is_set():
                 await self._running.wait()
                 continue
+            if not self._all_written.is_set():  # back-pressure: storage refused results
+                await self._all_written.wait()
+                continue
             free = workers - len(self._inflight)
             if free <= 0:
                 self._slot_free.clear()
@@ -184,6 +220,9 @@ class Engine:
                 self._watch_backlog(len(claimed), want)
             except asyncio.CancelledError:
                 raise
+            except StorageUnavailable:  # the writer logs the fault once
+                await asyncio.sleep(STORAGE_RETRY_S)
+                continue
             except Exception:
                 log.exception("claiming deliveries failed; retrying shortly")
                 await asyncio.sleep(1.0)
@@ -221,16 +260,22 @@ class Engine:
         rounds = 0
         while not self._stopping:
             try:
-                released = await self._queue.release_expired_leases()
-                if released:
-                    log.warning(
-                        "%d deliveries were left mid-send by a stopped worker; resending", released
-                    )
-                    self.notify()
+                # results held in memory go first: this process's own leases may have run out
+                # while storage failed, and releasing them would send those deliveries again
+                if not self._unrecorded:
+                    released = await self._queue.release_expired_leases()
+                    if released:
+                        log.warning(
+                            "%d deliveries were left mid-send by a stopped worker; resending",
+                            released,
+                        )
+                        self.notify()
                 if rounds % 12 == 0:
                     await self._limiter.forget_old()
             except asyncio.CancelledError:
                 raise
+            except StorageUnavailable:
+                pass
             except Exception:
                 log.exception("janitor round failed")
             rounds += 1
@@ -239,6 +284,77 @@ class Engine:
     # -- one delivery ------------------------------------------------------------------------
 
     async def _deliver(self, claimed: Claimed, stored: tuple[str, str | None, int] | None) -> None:
+        try:
+            await self._send_and_record(claimed, stored)
+        except StorageUnavailable:
+            # refused before anything was sent (a rate slot, a put-back): give the claim back
+            # when storage works, rather than when the lease ends
+            self._hold(claimed.id, None)
+        except Exception:
+            log.exception("delivery %s: unexpected error; its lease returns it", claimed.id)
+
+    async def _record(self, attempt: AttemptRecord) -> None:
+        """Write a send's result; if storage refuses it, hold it in memory until it works."""
+        try:
+            await self._queue.record(attempt)
+        except StorageUnavailable:
+            self._hold(attempt.delivery_id, attempt)
+
+    def _hold(self, delivery_id: str, attempt: AttemptRecord | None) -> None:
+        if attempt is None:
+            self._unreleased.add(delivery_id)
+        else:
+            self._unrecorded[delivery_id] = attempt
+        self._all_written.clear()
+        if self._writing_later is None:
+            self._writing_later = asyncio.create_task(self._write_later(), name="msgpush-held")
+
+    async def _write_later(self) -> None:
+        """Try what storage refused again, every ``UNRECORDED_RETRY_S``, until all is written."""
+        written = 0
+        try:
+            while self._unrecorded or self._unreleased:
+                await asyncio.sleep(UNRECORDED_RETRY_S)
+                try:
+                    written += await self._write_held()
+                except Exception:  # never a reason to stop trying
+                    log.exception("writing held delivery results failed; trying again")
+        finally:
+            self._writing_later = None
+        if written:
+            log.warning("storage works again: wrote %d delivery results held meanwhile", written)
+
+    async def _write_held(self) -> int:
+        """One try: every held result (sharing one commit) and claim to give back. Returns
+        how many results were written."""
+        held = list(self._unrecorded.values())
+        outcomes = await asyncio.gather(
+            *(self._queue.record(attempt) for attempt in held), return_exceptions=True
+        )
+        written = 0
+        for attempt, outcome in zip(held, outcomes, strict=True):
+            if isinstance(outcome, StorageUnavailable):
+                continue
+            if isinstance(outcome, BaseException):
+                log.error(
+                    "delivery %s: its result cannot be written: %r", attempt.delivery_id, outcome
+                )
+            else:
+                written += 1
+            del self._unrecorded[attempt.delivery_id]
+        if self._unreleased and not self._unrecorded:
+            unsent = list(self._unreleased)
+            with contextlib.suppress(StorageUnavailable):
+                await self._queue.release(unsent, self.owner)
+                self._unreleased.difference_update(unsent)
+                self.notify()
+        if not self._unrecorded and not self._unreleased:
+            self._all_written.set()
+        return written
+
+    async def _send_and_record(
+        self, claimed: Claimed, stored: tuple[str, str | None, int] | None
+    ) -> None:
         number = claimed.attempts + 1
         started = now_ms()
         channel = await self._channels.load(claimed.channel_id)
@@ -274,7 +390,7 @@ class Engine:
                 if stamp is not None:
                     self._pacer.sent(channel.id, stamp)
             return
-        await self._queue.record(
+        await self._record(
             AttemptRecord(
                 delivery_id=claimed.id,
                 number=number,
@@ -331,7 +447,7 @@ class Engine:
             metrics.finished_counter(type_id, status).inc()
         elif next_at is not None:
             self._wake_at(next_at - now_ms())
-        await self._queue.record(
+        await self._record(
             AttemptRecord(
                 delivery_id=claimed.id,
                 number=number,

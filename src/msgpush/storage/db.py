@@ -11,15 +11,24 @@ hand-off waits for the busy event loop to come round while the transaction holds
 write lock: with an API process and delivery workers sharing a file, those waits, not the
 work, set the pace. A group commit blocks the loop for its own length (rows plus one fsync,
 typically well under a millisecond).
+
+Storage faults (a full disk, I/O errors, a read-only database, a database that cannot be
+reached) fail every write of a commit at once with ``StorageUnavailable``, which the API
+answers with 503 and ``Retry-After``; the writer remembers the fault until a commit succeeds
+again (``GroupCommitWriter.fault``, shown by ``/readyz``). Nothing else changes: a write that
+failed was not stored, and its caller knows it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import logging
 import os
+import sqlite3
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib.resources import files
@@ -41,6 +50,85 @@ T = TypeVar("T")
 WriteOp = Callable[[AsyncConnection], Awaitable[Any]]
 
 MAX_OPS_PER_COMMIT = 512
+
+# SQLite primary result codes (the low byte of an extended code): https://sqlite.org/rescode.html
+_SQLITE_FAULTS = {13: "full", 10: "io", 8: "read_only", 14: "io"}  # FULL, IOERR, READONLY, CANTOPEN
+_SQLITE_MESSAGES = (
+    ("database or disk is full", "full"),
+    ("disk i/o error", "io"),
+    ("readonly database", "read_only"),
+    ("unable to open database file", "io"),
+)
+_ERRNO_FAULTS = {
+    errno.ENOSPC: "full",
+    errno.EDQUOT: "full",
+    errno.EIO: "io",
+    errno.EROFS: "read_only",
+}
+# PostgreSQL SQLSTATEs: https://www.postgresql.org/docs/current/errcodes-appendix.html
+_SQLSTATE_FAULTS = {"53100": "full", "25006": "read_only", "58030": "io", "57P03": "unreachable"}
+_SQLSTATE_CLASS_FAULTS = {"08": "unreachable", "57": "unreachable"}  # connection, shutdown
+_FAULT_REASONS = {
+    "full": "the disk holding the database is full: free space; writes resume by themselves",
+    "io": "the disk holding the database reports I/O errors: check the disk",
+    "read_only": "the database is read-only: make it (and the data directory) writable",
+    "unreachable": "the database cannot be reached: check that it is running",
+}
+
+
+class StorageUnavailable(Exception):
+    """A write could not be stored for a reason outside the write itself (disk full, I/O error,
+    read-only database, database unreachable): nothing of it was committed; trying again
+    later may work. ``kind`` is one of full, io, read_only, unreachable."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        self.kind = kind
+        self.reason = f"{_FAULT_REASONS[kind]} ({detail})"
+        super().__init__(self.reason)
+
+
+def storage_fault(exc: BaseException) -> StorageUnavailable | None:
+    """``exc`` (or what it wraps) as a ``StorageUnavailable``, or None for any other error."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, StorageUnavailable):
+            return current
+        found = _fault_of(current)
+        if found is not None:
+            return found
+        wrapped = getattr(current, "orig", None)  # SQLAlchemy's DBAPIError
+        current = wrapped if isinstance(wrapped, BaseException) else current.__cause__
+    return None
+
+
+def _fault_of(exc: BaseException) -> StorageUnavailable | None:
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        if isinstance(code, int):
+            kind = _SQLITE_FAULTS.get(code & 0xFF)
+        else:  # raised without a code (by a wrapper, or a test): SQLite's fixed messages
+            kind = next((k for text, k in _SQLITE_MESSAGES if text in str(exc).lower()), None)
+        return StorageUnavailable(kind, f"SQLite: {exc}") if kind else None
+    sqlstate = getattr(exc, "sqlstate", None)
+    if isinstance(sqlstate, str):  # asyncpg's server errors
+        kind = _SQLSTATE_FAULTS.get(sqlstate) or _SQLSTATE_CLASS_FAULTS.get(sqlstate[:2])
+        return StorageUnavailable(kind, f"PostgreSQL {sqlstate}") if kind else None
+    if isinstance(exc, OSError):
+        kind = _ERRNO_FAULTS.get(exc.errno or 0)
+        if kind is None and isinstance(exc, ConnectionError | TimeoutError):
+            kind = "unreachable"
+        return StorageUnavailable(kind, exc.strerror or type(exc).__name__) if kind else None
+    return None
+
+
+@dataclass
+class Fault:
+    """The storage fault the last commit failed with, and since when (``time.time()``)."""
+
+    error: StorageUnavailable
+    since: float
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -292,6 +380,9 @@ class GroupCommitWriter:
         self._task: asyncio.Task[None] | None = None
         self.commits = 0
         self.writes = 0
+        self.fault: Fault | None = (
+            None  # set by a commit failing for storage, cleared by one working
+        )
 
     def start(self) -> None:
         if self._task is None:
@@ -354,6 +445,13 @@ class GroupCommitWriter:
                         await conn.execute(text("SET LOCAL synchronous_commit TO OFF"))
                     outcomes = await _run_groups(conn, groups)
         except Exception as exc:
+            fault = storage_fault(exc)
+            if fault is not None:  # not the writes' fault: each alone would fail the same way
+                self._failing(fault)
+                for pending in batch:
+                    if not pending.future.done():
+                        pending.future.set_exception(fault)
+                return
             if len(batch) == 1:
                 if not batch[0].future.done():
                     batch[0].future.set_exception(exc)
@@ -363,10 +461,22 @@ class GroupCommitWriter:
             return
         self.commits += 1
         self.writes += len(batch)
+        if self.fault is not None:
+            log.warning(
+                "storage works again after %.1f s; writes resume", time.time() - self.fault.since
+            )
+            self.fault = None
         for group, results in outcomes:
             for pending, result in zip(group, results, strict=True):
                 if not pending.future.done():
                     pending.future.set_result(result)
+
+    def _failing(self, error: StorageUnavailable) -> None:
+        if self.fault is None:
+            log.error("storage unavailable, writes are refused until it works again: %s", error)
+            self.fault = Fault(error, time.time())
+        else:
+            self.fault.error = error
 
     async def _blocking_transaction(
         self, groups: dict[Handler, list[_Pending]], durable: bool
@@ -398,6 +508,15 @@ async def _run_groups(conn: AsyncConnection, groups: dict[Handler, list[_Pending
     ]
 
 
+PROBE_EVERY_S = 1.0
+# alembic's one-row table exists wherever msgpush has run its migrations, on either database
+_PROBE = text("UPDATE alembic_version SET version_num = version_num")
+
+
+async def _probe(conn: AsyncConnection) -> None:
+    await conn.execute(_PROBE)
+
+
 class Database:
     """The engine plus the writer: reads use pooled connections, writes go through the writer."""
 
@@ -417,6 +536,7 @@ class Database:
             self._write_lock = ProcessWriteLock(Path(f"{database}-writelock"))
         self._blocking = blocking
         self.writer = GroupCommitWriter(self.engine, blocking, self._write_lock)
+        self._probed_at = -PROBE_EVERY_S
 
     async def start(self, *, run_migrations: bool = True) -> None:
         if run_migrations:
@@ -447,6 +567,21 @@ class Database:
 
     async def submit(self, handler: Handler, item: Any, *, durable: bool = True) -> Any:
         return await self.writer.submit(handler, item, durable=durable)
+
+    async def ready(self) -> StorageUnavailable | None:
+        """None when writes can be stored now, else the storage fault that stops them.
+
+        Besides the writer's own state, a probe write (one row rewritten as it is, through the
+        writer: a real commit, fsync included) runs at most once per ``PROBE_EVERY_S``, so a
+        fault shows (and its end) even while nothing else writes. Concurrent callers within
+        that time share the last result."""
+        now = time.monotonic()
+        if now - self._probed_at >= PROBE_EVERY_S:
+            self._probed_at = now
+            with contextlib.suppress(StorageUnavailable):
+                await self.write(_probe)
+        fault = self.writer.fault
+        return fault.error if fault is not None else None
 
     def read(self) -> Any:
         """``async with db.read() as conn``: a pooled connection for queries."""
