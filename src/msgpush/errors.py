@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import exc as sa_exc
+
 
 class ApiError(Exception):
     def __init__(
@@ -13,6 +15,7 @@ class ApiError(Exception):
         message: str,
         field: str | None = None,
         details: list[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -20,6 +23,7 @@ class ApiError(Exception):
         self.message = message
         self.field = field
         self.details = details
+        self.headers = headers
 
     def body(self) -> dict[str, Any]:
         error: dict[str, Any] = {"code": self.code, "message": self.message}
@@ -28,6 +32,47 @@ class ApiError(Exception):
         if self.details:
             error["details"] = self.details
         return {"error": error}
+
+
+# How long a client should wait before retrying a request the database could not take: about
+# what a PostgreSQL restart or a fail-over takes; the connection pool reconnects by itself.
+STORAGE_RETRY_AFTER_S = 2
+
+# SQLSTATE classes of a lost or refused connection: 08 connection exception, 57 operator
+# intervention (server shutting down, starting up, crashed).
+CONNECTION_SQLSTATE_CLASSES = ("08", "57")
+
+
+def storage_unavailable(exc: BaseException) -> ApiError | None:
+    """A 503 with ``Retry-After`` when ``exc`` (or what caused it) means the database cannot be
+    reached at the moment, else None (the error is msgpush's own: a 500).
+
+    The connection pool checks connections before use (``pool_pre_ping``) and opens new ones,
+    so the same request succeeds once the database answers again. The answer does not say
+    "nothing was stored": a commit whose acknowledgement was lost may have taken effect, which
+    an ``idempotency_key`` on the retried request makes harmless.
+    """
+    chain: list[BaseException] = []
+    cause: BaseException | None = exc
+    while cause is not None and cause not in chain:
+        chain.append(cause)
+        orig = getattr(cause, "orig", None)  # SQLAlchemy keeps the driver's error here
+        cause = orig if isinstance(orig, BaseException) else (cause.__cause__ or cause.__context__)
+    for cause in chain:
+        sqlstate = str(getattr(cause, "sqlstate", "") or "")
+        if (
+            isinstance(cause, (sa_exc.OperationalError, sa_exc.InterfaceError, ConnectionError))
+            or (isinstance(cause, sa_exc.DBAPIError) and cause.connection_invalidated)
+            or sqlstate[:2] in CONNECTION_SQLSTATE_CLASSES
+        ):
+            return ApiError(
+                503,
+                "storage_unavailable",
+                f"the database is unavailable ({type(chain[-1]).__name__}); retry in "
+                f"{STORAGE_RETRY_AFTER_S} s (send an idempotency_key to make the retry safe)",
+                headers={"Retry-After": str(STORAGE_RETRY_AFTER_S)},
+            )
+    return None
 
 
 def not_found(kind: str, ref: str) -> ApiError:

@@ -33,7 +33,7 @@ from msgpush.api import (
 from msgpush.api.common import JSON
 from msgpush.api.ingest import IngestRoutes
 from msgpush.api.openapi import openapi_builder
-from msgpush.errors import ApiError, validation_error
+from msgpush.errors import ApiError, storage_unavailable, validation_error
 from msgpush.runtime import Runtime, settle_gc
 from msgpush.settings import Settings
 from msgpush.storage.schema import deliveries as deliveries_table
@@ -158,7 +158,7 @@ def create_app(settings: Settings | None = None, *, worker: bool = True) -> Fast
 
     @app.exception_handler(ApiError)
     async def api_error(_request: Request, exc: ApiError) -> JSON:
-        return JSON(exc.body(), status_code=exc.status)
+        return JSON(exc.body(), status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def request_validation(_request: Request, exc: RequestValidationError) -> JSON:
@@ -177,9 +177,13 @@ def create_app(settings: Settings | None = None, *, worker: bool = True) -> Fast
 
     @app.exception_handler(Exception)
     async def unexpected(_request: Request, exc: Exception) -> JSON:
-        log.error("unhandled %s: %s", type(exc).__name__, exc)
-        body = ApiError(500, "internal", "internal error; see the server log").body()
-        return JSON(body, status_code=500)
+        error = storage_unavailable(exc)
+        if error is None:
+            log.error("unhandled %s: %s", type(exc).__name__, exc)
+            error = ApiError(500, "internal", "internal error; see the server log")
+        else:
+            log.warning("answered 503: %s", error.message)
+        return JSON(error.body(), status_code=error.status, headers=error.headers)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz(request: Request) -> JSON:

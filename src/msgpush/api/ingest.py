@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from msgpush.api.common import SENDER_ROLES, authorize
 from msgpush.api.messages import accept_batch, accept_one
-from msgpush.errors import ApiError
+from msgpush.errors import ApiError, storage_unavailable
 from msgpush.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -51,10 +51,15 @@ class IngestRoutes:
             payload, headers = await accept(rt, body)
             status = 202
         except ApiError as refused:
-            status, payload = refused.status, refused.body()
+            status, payload, headers = refused.status, refused.body(), refused.headers
         except Exception as exc:  # the app's own handler would say the same
-            log.error("unhandled %s: %s", type(exc).__name__, exc)
-            status, payload = 500, INTERNAL.body()
+            unavailable = storage_unavailable(exc)
+            if unavailable is None:
+                log.error("unhandled %s: %s", type(exc).__name__, exc)
+                status, payload = 500, INTERNAL.body()
+            else:
+                log.warning("answered 503: %s", unavailable.message)
+                status, payload, headers = 503, unavailable.body(), unavailable.headers
         await _answer(send, status, payload, headers)
 
     @staticmethod
