@@ -1,7 +1,8 @@
-"""msgpush throughput, latency and memory benchmark: one command, loopback only, SQLite.
+"""msgpush throughput, latency and memory benchmark: one command, loopback only.
 
-    .venv/bin/python bench/throughput.py            # default N (about 1-2 minutes)
+    .venv/bin/python bench/throughput.py            # default N (about 1-2 minutes), SQLite
     .venv/bin/python bench/throughput.py --n 20000  # more messages per phase
+    .venv/bin/python bench/throughput.py --db postgresql   # PostgreSQL, one node then two
     .venv/bin/python bench/throughput.py --profile /tmp/prof   # plus py-spy of msgpush
 
 It starts everything it needs, on 127.0.0.1 only, and stops it all at the end:
@@ -21,6 +22,13 @@ and measures, with one aiohttp client session (keep-alive, uvloop) as the load g
 plus the idle (VmRSS after start) and peak (VmHWM) resident memory of the msgpush process,
 and the CPU each process used per phase. It prints every figure and the targets as PASS/FAIL.
 
+With ``--db postgresql`` msgpush runs on a fresh database made on ``MSGPUSH_TEST_PG_URL``
+(default: the local test server; loopback only) and dropped at the end; after (3) and (4) on
+one node, a second ``serve`` joins on the same database and secret key and (3) and (4) run
+again with the load split between the two, reporting the CPU per message of both nodes
+together next to that of one, so the cost of scaling out is visible. PostgreSQL's own CPU is
+not msgpush's: it shows as "other".
+
 Exit status: 0 all targets pass, 1 some target fails, 2 the benchmark could not run.
 Everything shares the machine's cores: the load generator and the receiver are part of the
 measurement, which is why each phase also prints the CPU each process used, what else was
@@ -39,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import ctypes
 import ctypes.util
@@ -58,11 +67,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
 
 HOST = "127.0.0.1"  # the only address this benchmark ever talks to
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}  # where --db postgresql may find PostgreSQL
+DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 BENCH_DIR = Path(__file__).resolve().parent
 BIN_DIR = Path(sys.executable).parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -218,7 +230,7 @@ class Service:
             self.proc.wait(5)
 
 
-TREES = {"msgpush", "worker"}  # counted with their child processes
+TREES = {"msgpush", "msgpush2", "worker"}  # counted with their child processes
 
 
 class CpuMeter:
@@ -259,8 +271,9 @@ class CpuMeter:
 
 
 def msgpush_cpu_ms(meter: CpuMeter) -> float:
-    """CPU milliseconds msgpush used in a phase (serve, plus the worker when split)."""
-    return (meter.seconds.get("msgpush", 0.0) + meter.seconds.get("worker", 0.0)) * 1000
+    """CPU milliseconds msgpush used in a phase (serve, plus the worker when split, plus the
+    second node in the two-node run)."""
+    return sum(meter.seconds.get(name, 0.0) for name in TREES) * 1000
 
 
 # -- load generation -------------------------------------------------------------------------
@@ -295,21 +308,24 @@ class Load:
 
 async def closed_loop(
     session: aiohttp.ClientSession,
-    target: str,
+    target: str | tuple[str, ...],
     bodies: list[bytes],
     concurrency: int,
     headers: dict[str, str],
     timeout_s: float,
 ) -> Load:
-    """``concurrency`` clients, each sending the next body as soon as its last one is answered."""
-    assert target.startswith(f"http://{HOST}:")
+    """``concurrency`` clients, each sending the next body as soon as its last one is answered;
+    with several targets (nodes), client k sends to target k modulo their number."""
+    targets = (target,) if isinstance(target, str) else target
+    assert all(each.startswith(f"http://{HOST}:") for each in targets)
     total = len(bodies)
     cursor = 0
     load = Load(started=time.monotonic(), finished=0.0)
     deadline = load.started + timeout_s
 
-    async def client() -> None:
+    async def client(number: int) -> None:
         nonlocal cursor
+        target = targets[number % len(targets)]
         while cursor < total and time.monotonic() < deadline:
             body = bodies[cursor]
             cursor += 1
@@ -319,7 +335,7 @@ async def closed_loop(
             except (aiohttp.ClientError, TimeoutError) as exc:
                 load.statuses[type(exc).__name__] += 1
 
-    tasks = [asyncio.create_task(client()) for _ in range(min(concurrency, total))]
+    tasks = [asyncio.create_task(client(k)) for k in range(min(concurrency, total))]
     _done, pending = await asyncio.wait(tasks, timeout=timeout_s + 30)
     for task in pending:
         task.cancel()
@@ -559,6 +575,7 @@ class Bench:
     session: aiohttp.ClientSession | None = None
     receiver: Service | None = None
     rport: int = 0
+    database_url: str | None = None  # --db postgresql: the fresh database of this run
 
     # -- helpers
 
@@ -627,6 +644,35 @@ class Bench:
 
     # -- the run
 
+    async def create_database(self) -> None:
+        """A fresh PostgreSQL database for this run (dropped by ``drop_database``)."""
+        import asyncpg
+
+        name = f"msgpush_bench_{secrets.token_hex(4)}"
+        try:
+            conn = await asyncpg.connect(self.args.pg_url, timeout=5)
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise BenchError(f"cannot connect to {self.args.pg_url}: {exc}") from exc
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+        self.database_url = f"{self.args.pg_url.rsplit('/', 1)[0]}/{name}"
+        print(f"PostgreSQL: created database {name}")
+
+    async def drop_database(self) -> None:
+        if self.database_url is None:
+            return
+        import asyncpg
+
+        name = self.database_url.rsplit("/", 1)[1]
+        conn = await asyncpg.connect(self.args.pg_url, timeout=5)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+        self.database_url = None
+
     async def run(self) -> None:
         before = machine_busy()
         await asyncio.sleep(2.0)
@@ -657,6 +703,8 @@ class Bench:
             if self.wants("web"):
                 await self.web_ceiling()
             if {"single", "latency", "batch"} & set(self.args.phases):
+                if self.args.db == "postgresql":
+                    await self.create_database()
                 await self.msgpush()
 
     async def ceiling(self) -> None:
@@ -723,6 +771,9 @@ class Bench:
         env["MSGPUSH_DATA_DIR"] = str(self.workdir / "data")
         env["MSGPUSH_ADMIN_TOKEN"] = token
         env["MSGPUSH_EGRESS_ALLOW"] = HOST  # the receiver is local; the policy refuses loopback
+        if self.database_url:  # every node shares the database and the key to its secrets
+            env["MSGPUSH_DATABASE_URL"] = self.database_url
+            env["MSGPUSH_SECRET_KEY"] = base64.urlsafe_b64encode(os.urandom(32)).decode()
         if args.src:
             env["PYTHONPATH"] = os.pathsep.join(
                 p for p in (str(args.src), os.environ.get("PYTHONPATH", "")) if p
@@ -756,7 +807,8 @@ class Bench:
 
         auth = {**JSON_HEADERS, "Authorization": f"Bearer {token}"}
         api = url(port, "/api/v1")
-        for name in ("warm", "tput", "lat", "batch"):
+        two_nodes = ("tput2", "batch2") if args.db == "postgresql" else ()
+        for name in ("warm", "tput", "lat", "batch", *two_nodes):
             config = {"url": url(self.rport, f"/{name}")}
             channel = {"name": name, "type": "webhook", "config": config}
             await post_json(self.http, f"{api}/channels", channel, auth)
@@ -769,14 +821,16 @@ class Bench:
 
         profiler = Profiler(args.profile, server.pid, args.native, args.perf)
         if self.wants("single"):
-            await self.single(api, auth, pids, profiler)
+            await self.single((api,), auth, pids, profiler)
             await asyncio.sleep(1.0)
         if self.wants("latency"):
             await self.latency(api, auth)
             await asyncio.sleep(1.0)
         if self.wants("batch"):
-            await self.batch(api, auth, pids, profiler)
+            await self.batch((api,), auth, pids, profiler)
             await asyncio.sleep(1.0)
+        if args.db == "postgresql" and {"single", "batch"} & set(args.phases):
+            await self.second_node(serve, env, api, auth, pids)
 
         self.figures["peak_rss_mb"] = (proc_status_kb(server.pid, "VmHWM") or 0) / 1024
         self.figures["end_rss_mb"] = (proc_status_kb(server.pid, "VmRSS") or 0) / 1024
@@ -793,40 +847,77 @@ class Bench:
         self.figures["failed_or_retrying"] = len(unfinished["items"])
 
     async def single(
-        self, api: str, auth: dict[str, str], pids: dict[str, int], profiler: Profiler
+        self,
+        apis: tuple[str, ...],
+        auth: dict[str, str],
+        pids: dict[str, int],
+        profiler: Profiler,
+        phase: str = "single",
+        channel: str = "tput",
     ) -> None:
-        """(3) N messages, one per POST: accepted/s and delivered/s."""
+        """(3) N messages, one per POST (split between ``apis``): accepted/s and delivered/s."""
         n, conc = self.args.n, self.args.concurrency
-        print(f"(3) msgpush: {n} x POST /api/v1/messages, concurrency {conc}")
-        bodies = send_bodies("tput", n)
-        profiler.start("single")
+        nodes = f", {len(apis)} nodes" if len(apis) > 1 else ""
+        print(f"(3) msgpush: {n} x POST /api/v1/messages, concurrency {conc}{nodes}")
+        bodies = send_bodies(channel, n)
+        profiler.start(phase)
         meter = CpuMeter(pids).start()
-        load = await closed_loop(self.http, f"{api}/messages", bodies, conc, auth, self.timeout(n))
-        seen = await self.delivered("/tput", load.accepted_ids)
-        self.cpu["single"] = meter.stop()
+        targets = tuple(f"{api}/messages" for api in apis)
+        load = await closed_loop(self.http, targets, bodies, conc, auth, self.timeout(n))
+        seen = await self.delivered(f"/{channel}", load.accepted_ids)
+        self.cpu[phase] = meter.stop()
         profiler.stop()
-        self.check(load, n, "msgpush single")
-        self.figures["single_accepted_ps"] = load.ok / load.seconds
-        self.figures["single_delivered_ps"] = self.delivered_rate(
-            seen, load.started, load.accepted_ids
-        )
+        self.check(load, n, f"msgpush {phase}")
+        f = self.figures
+        f[f"{phase}_accepted_ps"] = load.ok / load.seconds
+        f[f"{phase}_delivered_ps"] = self.delivered_rate(seen, load.started, load.accepted_ids)
         # CPU per message: how much work msgpush does, whatever else shares the machine
-        self.figures["single_cpu_ms_per_msg"] = msgpush_cpu_ms(meter) / max(seen["count"], 1)
+        f[f"{phase}_cpu_ms_per_msg"] = msgpush_cpu_ms(meter) / max(seen["count"], 1)
         # How far delivery trailed acceptance: the last arrival after the last answer. Both
         # rates start at the first POST, so delivered/s is below accepted/s by this tail even
         # when delivery keeps pace throughout.
         if seen["last"] is not None:
-            self.figures["single_delivery_tail_ms"] = (
-                seen["last"] - (load.started + load.seconds)
-            ) * 1000
+            f[f"{phase}_delivery_tail_ms"] = (seen["last"] - (load.started + load.seconds)) * 1000
         print(
-            f"    accepted {self.figures['single_accepted_ps']:,.0f}/s, delivered "
-            f"{self.figures['single_delivered_ps']:,.0f}/s ({seen['count']}/{n} arrived, "
+            f"    accepted {f[f'{phase}_accepted_ps']:,.0f}/s, delivered "
+            f"{f[f'{phase}_delivered_ps']:,.0f}/s ({seen['count']}/{n} arrived, "
             f"{seen['duplicates']} duplicates, the last "
-            f"{self.figures.get('single_delivery_tail_ms', float('nan')):,.0f} ms after the last "
+            f"{f.get(f'{phase}_delivery_tail_ms', float('nan')):,.0f} ms after the last "
             f"answer), msgpush CPU "
-            f"{self.figures['single_cpu_ms_per_msg']:.2f} ms/message\n    {meter.line()}"
+            f"{f[f'{phase}_cpu_ms_per_msg']:.2f} ms/message\n    {meter.line()}"
         )
+
+    async def second_node(
+        self,
+        serve: list[str],
+        env: dict[str, str],
+        api: str,
+        auth: dict[str, str],
+        pids: dict[str, int],
+    ) -> None:
+        """The PostgreSQL scaling run: a second ``serve`` on the same database and secret key,
+        then (3) and (4) again with the load split between the two nodes. CPU per message is
+        that of both nodes (and their worker processes) together."""
+        port = free_port()
+        second = [
+            *serve[: serve.index("--port") + 1],
+            str(port),
+            *serve[serve.index("--port") + 2 :],
+        ]
+        node_env = {**env, "MSGPUSH_DATA_DIR": str(self.workdir / "data2")}
+        node = self.launch(Service("msgpush2", second, self.workdir / "msgpush2.log", env=node_env))
+        await wait_ready(self.http, node, url(port, "/healthz"))
+        print(f"second msgpush node started (pid {node.pid}) on the same database")
+        apis = (api, url(port, "/api/v1"))
+        both = {**pids, "msgpush2": node.pid}
+        quiet = Profiler(None, node.pid, native=False, perf=False)
+        await asyncio.sleep(1.0)
+        if self.wants("single"):
+            await self.single(apis, auth, both, quiet, phase="two_single", channel="tput2")
+            await asyncio.sleep(1.0)
+        if self.wants("batch"):
+            await self.batch(apis, auth, both, quiet, phase="two_batch", channel="batch2")
+        node.stop()
 
     async def latency(self, api: str, auth: dict[str, str]) -> None:
         """Enqueue-to-delivered latency at a steady rate: receiver arrival - POST sent."""
@@ -856,31 +947,42 @@ class Bench:
         )
 
     async def batch(
-        self, api: str, auth: dict[str, str], pids: dict[str, int], profiler: Profiler
+        self,
+        apis: tuple[str, ...],
+        auth: dict[str, str],
+        pids: dict[str, int],
+        profiler: Profiler,
+        phase: str = "batch",
+        channel: str = "batch",
     ) -> None:
-        """(4) N messages as POST /messages/batch of --batch-size: accepted/s, delivered/s."""
+        """(4) N messages as POST /messages/batch of --batch-size (split between ``apis``):
+        accepted/s, delivered/s."""
         n, size, conc = self.args.n, self.args.batch_size, self.args.batch_concurrency
-        print(f"(4) msgpush: {n} messages as POST /messages/batch of {size}, concurrency {conc}")
-        bodies = batch_bodies("batch", n, size)
-        profiler.start("batch")
-        meter = CpuMeter(pids).start()
-        load = await closed_loop(
-            self.http, f"{api}/messages/batch", bodies, conc, auth, self.timeout(n)
-        )
-        seen = await self.delivered("/batch", load.accepted_ids)
-        self.cpu["batch"] = meter.stop()
-        profiler.stop()
-        self.check(load, len(bodies), "msgpush batch")
-        self.figures["batch_accepted_ps"] = load.accepted_ids / load.seconds
-        self.figures["batch_delivered_ps"] = self.delivered_rate(
-            seen, load.started, load.accepted_ids
-        )
-        self.figures["batch_cpu_ms_per_msg"] = msgpush_cpu_ms(meter) / max(seen["count"], 1)
+        if len(apis) > 1:
+            conc = max(conc, len(apis))  # at least one client per node
+        nodes = f", {len(apis)} nodes" if len(apis) > 1 else ""
         print(
-            f"    accepted {self.figures['batch_accepted_ps']:,.0f}/s, delivered "
-            f"{self.figures['batch_delivered_ps']:,.0f}/s ({seen['count']}/{n} arrived, "
+            f"(4) msgpush: {n} messages as POST /messages/batch of {size}, "
+            f"concurrency {conc}{nodes}"
+        )
+        bodies = batch_bodies(channel, n, size)
+        profiler.start(phase)
+        meter = CpuMeter(pids).start()
+        targets = tuple(f"{api}/messages/batch" for api in apis)
+        load = await closed_loop(self.http, targets, bodies, conc, auth, self.timeout(n))
+        seen = await self.delivered(f"/{channel}", load.accepted_ids)
+        self.cpu[phase] = meter.stop()
+        profiler.stop()
+        self.check(load, len(bodies), f"msgpush {phase}")
+        f = self.figures
+        f[f"{phase}_accepted_ps"] = load.accepted_ids / load.seconds
+        f[f"{phase}_delivered_ps"] = self.delivered_rate(seen, load.started, load.accepted_ids)
+        f[f"{phase}_cpu_ms_per_msg"] = msgpush_cpu_ms(meter) / max(seen["count"], 1)
+        print(
+            f"    accepted {f[f'{phase}_accepted_ps']:,.0f}/s, delivered "
+            f"{f[f'{phase}_delivered_ps']:,.0f}/s ({seen['count']}/{n} arrived, "
             f"{seen['duplicates']} duplicates), msgpush CPU "
-            f"{self.figures['batch_cpu_ms_per_msg']:.2f} ms/message\n    {meter.line()}"
+            f"{f[f'{phase}_cpu_ms_per_msg']:.2f} ms/message\n    {meter.line()}"
         )
 
 
@@ -924,7 +1026,8 @@ def report(
     print()
     print(
         f"msgpush benchmark, {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}, "
-        f"{os.cpu_count()} cores, Python {platform.python_version()}, SQLite, N={args.n}"
+        f"{os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"{'PostgreSQL' if args.db == 'postgresql' else 'SQLite'}, N={args.n}"
     )
     print(f"  msgpush source: {source_revision(args.src)}")
     variant = [
@@ -970,6 +1073,21 @@ def report(
             else []
         ),
     ]
+    if args.db == "postgresql":
+        rows += [
+            ("two nodes: single POST accepted", fmt(f, "two_single_accepted_ps", ",.0f", "msg/s")),
+            (
+                "two nodes: single POST delivered",
+                fmt(f, "two_single_delivered_ps", ",.0f", "msg/s"),
+            ),
+            ("two nodes: batch accepted", fmt(f, "two_batch_accepted_ps", ",.0f", "msg/s")),
+            ("two nodes: batch delivered", fmt(f, "two_batch_delivered_ps", ",.0f", "msg/s")),
+            (
+                "two nodes: CPU per message, single POST",
+                fmt(f, "two_single_cpu_ms_per_msg", ".2f", "ms"),
+            ),
+            ("two nodes: CPU per message, batch", fmt(f, "two_batch_cpu_ms_per_msg", ".2f", "ms")),
+        ]
     for label, value in rows:
         print(f"  {label:<44} {value:>20}")
     print("  ratios:")
@@ -978,6 +1096,27 @@ def report(
         ("(3) delivered / (3) accepted", "single_delivered_ps", "single_accepted_ps"),
         ("(4) delivered / (1) ceiling", "batch_delivered_ps", "ceiling_ps"),
         ("(3) accepted / (1) ceiling", "single_accepted_ps", "ceiling_ps"),
+        *(
+            [
+                (
+                    "two / one node: accepted, single",
+                    "two_single_accepted_ps",
+                    "single_accepted_ps",
+                ),
+                (
+                    "two / one node: CPU/msg, single",
+                    "two_single_cpu_ms_per_msg",
+                    "single_cpu_ms_per_msg",
+                ),
+                (
+                    "two / one node: CPU/msg, batch",
+                    "two_batch_cpu_ms_per_msg",
+                    "batch_cpu_ms_per_msg",
+                ),
+            ]
+            if args.db == "postgresql"
+            else []
+        ),
     ):
         value = f"{f[top] / f[bottom]:.2f}" if top in f and f.get(bottom) else "n/a"
         print(f"    {label:<34} {value}")
@@ -1039,6 +1178,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--profile", type=Path, help="py-spy record msgpush in (3), (4) into DIR")
     parser.add_argument("--native", action="store_true", help="with --profile: native frames too")
     parser.add_argument("--perf", action="store_true", help="with --profile: perf record too")
+    parser.add_argument(
+        "--db",
+        choices=("sqlite", "postgresql"),
+        default="sqlite",
+        help="msgpush's database; postgresql runs (3)-(4) with one node, then again with two "
+        "nodes sharing the database (a fresh one on MSGPUSH_TEST_PG_URL, default "
+        f"{DEFAULT_PG_URL}, dropped at the end)",
+    )
     parser.add_argument("--json", type=Path, help="also write the figures as JSON to this file")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, database)")
     args = parser.parse_args(argv)
@@ -1047,6 +1194,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.src = args.src.resolve()
         if not (args.src / "msgpush" / "__init__.py").exists():
             parser.error(f"--src {args.src}: no msgpush package there")
+    args.pg_url = os.environ.get("MSGPUSH_TEST_PG_URL", DEFAULT_PG_URL)
+    if args.db == "postgresql" and urlsplit(args.pg_url).hostname not in LOOPBACK:
+        parser.error(f"MSGPUSH_TEST_PG_URL must name a loopback host, not {args.pg_url!r}")
     if bad := [s for s in args.server_env if "=" not in s or s.startswith("=")]:
         parser.error(f"--server-env wants KEY=VALUE, not {bad[0]!r}")
     if unknown := set(args.phases) - set(PHASES):
@@ -1079,6 +1229,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         bench.stop_all()
+        if bench.database_url:
+            try:
+                asyncio.run(bench.drop_database())
+            except Exception as exc:  # the figures still count; say what was left behind
+                print(f"could not drop {bench.database_url}: {exc}", file=sys.stderr)
         if args.keep:
             print(f"kept {workdir}")
         else:

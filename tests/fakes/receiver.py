@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections import defaultdict, deque
+from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Any, Self
 
@@ -35,6 +35,7 @@ class Reply:
     body: bytes = b"ok"
     delay_s: float = 0.0
     headers: dict[str, str] = field(default_factory=dict)
+    reset: bool = False  # close the connection after reading the request, answering nothing
 
 
 class ThreadedServer:
@@ -110,6 +111,8 @@ class Receiver(ThreadedServer):
     def __init__(self) -> None:
         super().__init__()
         self._scripts: dict[str, deque[Reply]] = defaultdict(deque)
+        self._per_delivery: dict[str, tuple[Reply, ...]] = {}
+        self._seen: Counter[tuple[str, str]] = Counter()
 
     def routes(self, app: web.Application) -> None:
         app.router.add_route("*", "/{tail:.*}", self._handle)
@@ -120,11 +123,31 @@ class Receiver(ThreadedServer):
             for reply in replies:
                 self._scripts[path].append(Reply(reply) if isinstance(reply, int) else reply)
 
-    async def _handle(self, request: web.Request) -> web.Response:
-        await self.record(request)
+    def script_each(self, path: str, *replies: Reply | int) -> None:
+        """The first answers for every delivery to ``path`` (told apart by its ``webhook-id``
+        header), in order; after them, 200 ok. A storm that hits each message alike."""
         with self._lock:
+            self._per_delivery[path] = tuple(
+                Reply(reply) if isinstance(reply, int) else reply for reply in replies
+            )
+
+    def _next_reply(self, request: web.Request) -> Reply:
+        with self._lock:
+            each = self._per_delivery.get(request.path)
+            if each is not None:
+                key = (request.path, request.headers.get("webhook-id", ""))
+                number = self._seen[key]
+                self._seen[key] += 1
+                return each[number] if number < len(each) else Reply()
             script = self._scripts.get(request.path)
-            reply = script.popleft() if script else Reply()
+            return script.popleft() if script else Reply()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        await self.record(request)
+        reply = self._next_reply(request)
         if reply.delay_s:
             await asyncio.sleep(reply.delay_s)
+        if reply.reset and request.transport is not None:
+            request.transport.abort()  # the client sees the connection drop mid-request
+            raise asyncio.CancelledError
         return web.Response(status=reply.status, body=reply.body, headers=reply.headers)

@@ -10,7 +10,8 @@ answer), which leaves FastAPI nothing to describe. This module fills the gaps in
   marks the routes that need an admin token;
 - answers: every route gets the error answers its kind can give, all with the ``ErrorBody``
   schema: 401 (any token check), 403 (admin-only routes), 422 (query parameters are checked on
-  every route), 404 (a path parameter names something), 400, 413 and 422 (a body is read). A
+  every route), 404 (a path parameter names something), 400, 413 and 422 (a body is read), 503
+  with Retry-After (the database is unavailable: ``errors.storage_unavailable``). A
   route adds its own (409) with ``responses={409: {"description": ...}}``; the schema is filled
   in here. New routes get all of this by depending on ``admin``/``sender``.
 """
@@ -62,6 +63,7 @@ ERROR_DESCRIPTIONS = {
     409: "Conflicts with what is stored",
     413: "The body is larger than MSGPUSH_MAX_BODY_BYTES",
     422: "A field, query parameter or value is invalid (the error names it)",
+    503: "The database is unavailable for now; retry after the Retry-After header's seconds",
 }
 
 
@@ -114,12 +116,15 @@ def _error(status: int, given: dict[str, Any] | None = None) -> dict[str, Any]:
     if answer.get("description") in (None, "", "Validation Error"):
         answer["description"] = ERROR_DESCRIPTIONS.get(status, "Refused")
     answer["content"] = {"application/json": {"schema": {"$ref": REF.format(model="ErrorBody")}}}
+    if status == 503:
+        wait = {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}
+        answer["headers"] = {"Retry-After": wait}
     return answer
 
 
 def describe_operation(operation: dict[str, Any]) -> None:
     """Add the error answers an ``/api/v1`` operation can give, judged from what it declares."""
-    statuses = {422}  # query parameters are checked on every route
+    statuses = {422, 503}  # query parameters are checked, the database used, on every route
     security = operation.get("security", [])
     if security:
         statuses.add(401)
@@ -133,7 +138,7 @@ def describe_operation(operation: dict[str, Any]) -> None:
     for status in statuses:
         responses.setdefault(str(status), {})
     for code, answer in list(responses.items()):
-        if code.startswith("4"):
+        if code.startswith(("4", "5")):
             responses[code] = _error(int(code), answer)
     if "204" in responses:  # FastAPI still lists its default 200
         responses.pop("200", None)

@@ -38,6 +38,7 @@ from typing import Any, TypeVar, cast
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, Table, bindparam, create_engine, event, text
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -100,6 +101,11 @@ def storage_fault(exc: BaseException) -> StorageUnavailable | None:
             return found
         wrapped = getattr(current, "orig", None)  # SQLAlchemy's DBAPIError
         current = wrapped if isinstance(wrapped, BaseException) else current.__cause__
+    # nothing more precise: a lost or refused connection as SQLAlchemy reports it
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return StorageUnavailable("unreachable", "connection lost")
+    if isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError):
+        return StorageUnavailable("unreachable", type(exc).__name__)
     return None
 
 
