@@ -83,9 +83,9 @@ class Runtime:
             self.engine.on_backlog = self.worker_processes.scale_up
         retention_s = settings.retention_s()
         self.retention = Retention(self.db, retention_s) if housekeeping and retention_s else None
-        self._housekeeper = housekeeping
+        self._housekeeps = housekeeping  # serve: retention, sealing old channels
         self._stopping = asyncio.Event()
-        self._housekeeping: list[asyncio.Task[None]] = []
+        self._background: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         await self.db.start()
@@ -94,18 +94,18 @@ class Runtime:
             await self.owners.start()
         if self.engine is not None:
             self.engine.start()
-        if self._housekeeper:  # serve only
+        if self._housekeeps:
             sealed = await self.channels.seal_plain_credentials()
             if sealed:
                 log.warning("sealed URL credentials kept in clear by %d older channels", sealed)
         if self.retention is not None:
-            self._housekeeping.append(
+            self._background.append(
                 asyncio.create_task(self.retention.run(self._stopping), name="msgpush-retention")
             )
 
     async def stop(self) -> None:
         self._stopping.set()
-        await asyncio.gather(*self._housekeeping, return_exceptions=True)
+        await asyncio.gather(*self._background, return_exceptions=True)
         if self.worker_processes is not None:
             await self.worker_processes.stop()
         if self.engine is not None:
