@@ -41,13 +41,14 @@ STORAGE_RETRY_AFTER_S = 5
 
 
 def storage_unavailable(reason: str) -> ApiError:
-    """503 for a request whose write storage refused (disk full, read-only, unreachable):
-    nothing of it was stored; the same request may be sent again after ``Retry-After``."""
+    """503 for a request whose write storage refused (disk full, read-only, unreachable). A
+    refused commit stored nothing, but a connection lost after the commit was sent may hide one
+    that took effect: the answer asks for a retry and says how to make it harmless."""
     return ApiError(
         503,
         "storage_unavailable",
-        f"msgpush cannot store anything now, so nothing of this request was stored; send it "
-        f"again later: {reason}",
+        f"msgpush cannot store anything now: {reason}; send it again later (with an "
+        "idempotency_key, a repeat is harmless should this request have been stored after all)",
         headers={"Retry-After": str(STORAGE_RETRY_AFTER_S)},
     )
 
